@@ -1,0 +1,1 @@
+"""Backends: one module each, imported lazily through optimum.quantization.registry."""

@@ -1,0 +1,234 @@
+"""ONNX Runtime (CPU) backend: export -> fuse -> quantize, served by optimum's ORTModel classes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.calibrate import save_tensors_data
+from optimum.onnxruntime import (
+    ORTModelForCausalLM,
+    ORTModelForFeatureExtraction,
+    ORTModelForQuestionAnswering,
+    ORTModelForSequenceClassification,
+    ORTModelForTokenClassification,
+)
+
+from ..calibration import tokenize_examples
+from ..configuration import DynamicQuantConfig, StaticQuantConfig
+from ..evaluation.census import int8_op_counts
+from ..export import export_onnx
+from ..hardware import cpu_info
+from ..recipe import QuantizationRecipe
+from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
+from .ort_calibration import ORT_METHODS, calibrate
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+# Keeps the FP32 graph's float tensors typed when quantizing a fused graph whose contrib ops lack shape inference.
+_FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+# Gemm is left out on purpose: quantize_dynamic renames a Gemm to "<name>_MatMul", which would make
+# exclusions by module name (task heads) silently do nothing.
+DYNAMIC_OP_TYPES = ["MatMul", "Attention"]
+STATIC_OP_TYPES = ["MatMul", "Gemm"]
+WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+
+
+class ORTQuantModelForSequenceClassification(QuantizedModelMixin, ORTModelForSequenceClassification):
+    pass
+
+
+class ORTQuantModelForQuestionAnswering(QuantizedModelMixin, ORTModelForQuestionAnswering):
+    pass
+
+
+class ORTQuantModelForTokenClassification(QuantizedModelMixin, ORTModelForTokenClassification):
+    pass
+
+
+class ORTQuantModelForFeatureExtraction(QuantizedModelMixin, ORTModelForFeatureExtraction):
+    pass
+
+
+class ORTQuantModelForCausalLM(QuantizedModelMixin, ORTModelForCausalLM):
+    pass
+
+
+def module_name_of(node_name: str) -> str:
+    """'/bert/encoder/layer.0/attention/self/query/MatMul' -> 'bert.encoder.layer.0.attention.self.query'."""
+    parts = node_name.strip("/").split("/")
+    return ".".join(parts[:-1]) if len(parts) > 1 else node_name
+
+
+def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str], list[str]]:
+    """Nodes of the quantizable op types whose name or module name matches an exclusion pattern."""
+    patterns = config.exclusion_patterns()
+    excluded, used = [], set()
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            continue
+        pattern = matches_any(module_name_of(node.name), patterns) or matches_any(node.name, patterns)
+        if pattern:
+            excluded.append(node.name)
+            used.add(pattern)
+    unused = check_patterns_used(config.exclude, used, "quantizable node")
+    return excluded, unused
+
+
+def resolve_reduce_range(value) -> bool:
+    return (not cpu_info().has_vnni) if value == "auto" else bool(value)
+
+
+def fuse_graph(onnx_path: Path, output_path: Path, model_config) -> dict[str, int] | None:
+    """Fuse attention, layer norms and GELU for the BERT family (ORT's transformer optimizer).
+
+    Returns the fused-operator counts, or None when the architecture gains nothing from it.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+    from optimum.onnxruntime.utils import ORTConfigManager
+
+    try:
+        ort_type = ORTConfigManager.get_model_ort_type(model_config.model_type)
+    except (KeyError, NotImplementedError):
+        return None
+    if ort_type != "bert":  # decoders' past-KV attention is not fused by ORT: nothing to gain
+        return None
+    optimized = optimize_model(
+        str(onnx_path),
+        model_type="bert",
+        num_heads=getattr(model_config, "num_attention_heads", 0) or 0,
+        hidden_size=getattr(model_config, "hidden_size", 0) or 0,
+        opt_level=0,  # only the transformer fusions: the saved graph stays portable across ORT builds
+    )
+    optimized.save_model_to_file(str(output_path))
+    return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+
+
+class OnnxRuntimeBackend(Backend):
+    supported_configs = (DynamicQuantConfig, StaticQuantConfig)
+    model_classes = {
+        "text-classification": ORTQuantModelForSequenceClassification,
+        "question-answering": ORTQuantModelForQuestionAnswering,
+        "token-classification": ORTQuantModelForTokenClassification,
+        "feature-extraction": ORTQuantModelForFeatureExtraction,
+        "text-generation": ORTQuantModelForCausalLM,
+    }
+
+    def quantize(self, request: QuantizationRequest):
+        work = tempfile.TemporaryDirectory(prefix="optimum-quantization-")
+        work_dir = Path(work.name)
+        export_dir = work_dir / "model"
+        fp32_path = export_onnx(
+            request.model_path, export_dir, request.task, model_type=request.model_type, **request.hub_kwargs
+        )
+        details: dict = {"fp32_size_bytes": fp32_path.stat().st_size}
+        config = request.config
+        if config is not None:
+            quantized_path = work_dir / "quantized.onnx"
+            if isinstance(config, DynamicQuantConfig):
+                details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir))
+            else:
+                feeds = tokenize_examples(
+                    request.calibration_examples,
+                    request.tokenizer,
+                    sequence_length=config.calibration.sequence_length,
+                    input_names=[i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input],
+                )
+                details.update(self._quantize_static(fp32_path, quantized_path, config, feeds, work_dir))
+            shutil.move(quantized_path, fp32_path)
+            details["int8_size_bytes"] = fp32_path.stat().st_size
+            details["int8_ops"] = int8_op_counts(fp32_path)
+        recipe = QuantizationRecipe(
+            backend=self.name,
+            task=request.task,
+            quantization=config,
+            source_model=str(request.model_path),
+            details=details,
+            hardware=cpu_info().to_dict(),
+        )
+        model = self._load_model(export_dir, recipe, model_save_dir=work, **request.load_kwargs)
+        if request.tokenizer is not None:
+            model.quantization_preprocessors = [request.tokenizer]
+        return model
+
+    def load(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
+        return self._load_model(path, recipe, **load_kwargs)
+
+    def _load_model(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
+        cls = self.model_class(recipe.task)
+        if recipe.task == "text-generation":
+            load_kwargs.setdefault("use_cache", True)
+        model = cls.from_pretrained(path, file_name=MODEL_FILE, **load_kwargs)
+        model.quantization_recipe = recipe
+        return model
+
+    def _quantize_dynamic(self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path) -> dict:
+        from transformers import AutoConfig
+
+        details: dict = {}
+        if config.optimize_graph:
+            fused_path = work_dir / "fused.onnx"
+            fused = fuse_graph(src, fused_path, AutoConfig.from_pretrained(export_dir))
+            if fused is not None:
+                details["fused_ops"] = fused
+                src = fused_path
+        details["graph_fused"] = "fused_ops" in details
+        op_types = config.op_types or DYNAMIC_OP_TYPES
+        nodes_to_exclude, unused = excluded_nodes(onnx.load(str(src), load_external_data=False), config, op_types)
+        reduce_range = resolve_reduce_range(config.reduce_range)
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=WEIGHT_TYPES[config.weight_type],
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=nodes_to_exclude,
+            extra_options=dict(_FLOAT_DEFAULT),
+        )
+        return {**details, "op_types": op_types, "reduce_range": reduce_range, "excluded_nodes": nodes_to_exclude, "unused_exclude_patterns": unused}
+
+    def _quantize_static(self, src: Path, dst: Path, config: StaticQuantConfig, feeds: list, work_dir: Path) -> dict:
+        # Static Q/DQ runs on the plain graph: ORT fuses Q/DQ pairs itself at session load, and quantizing
+        # its transformer-fused graph breaks bias quantization of the pooler/classifier Gemms.
+        op_types = config.op_types or STATIC_OP_TYPES
+        model = onnx.load(str(src), load_external_data=False)
+        nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
+        ranges, unbounded = calibrate(src, feeds, config.calibration, op_types, work_dir)
+        # Nodes touching a mask tensor stay FP32: any scale for them would be meaningless.
+        nodes_to_exclude += [
+            node.name for node in model.graph.node
+            if node.name not in nodes_to_exclude and unbounded.intersection([*node.input, *node.output])
+        ]
+        cache = work_dir / "calibration.json"
+        save_tensors_data(ranges, cache)
+        reduce_range = resolve_reduce_range(config.reduce_range)
+        quantize_static(
+            src,
+            dst,
+            None,
+            calibration_cache_path=cache,
+            quant_format=FORMATS[config.format],
+            op_types_to_quantize=op_types,
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QInt8 if config.symmetric else QuantType.QUInt8,
+            weight_type=WEIGHT_TYPES[config.weight_type],
+            nodes_to_exclude=nodes_to_exclude,
+            calibrate_method=ORT_METHODS[config.calibration.method],
+            extra_options={"ActivationSymmetric": config.symmetric, "WeightSymmetric": True},
+        )
+        return {
+            "op_types": op_types,
+            "reduce_range": reduce_range,
+            "calibration_samples": len(feeds),
+            "unbounded_tensors": sorted(unbounded),
+            "excluded_nodes": nodes_to_exclude,
+            "unused_exclude_patterns": unused,
+        }

@@ -1,0 +1,98 @@
+"""One calibration contract: whatever the user passes becomes a list of tokenized, fixed-shape examples.
+
+Accepted sources: a list of strings (or of (text, text_pair) tuples), a `datasets.Dataset`, a path to a
+.txt (one example per line), .csv/.tsv or .json/.jsonl file, or the name of a dataset `datasets` can load
+locally. Backends adapt the result to their own reader (ORT CalibrationDataReader, nncf.Dataset, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+from .errors import ConfigError
+
+Example = Union[str, tuple[str, str]]
+
+TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review", "document", "prompt")
+PAIR_COLUMNS = (("question", "context"), ("sentence1", "sentence2"), ("premise", "hypothesis"))
+_FILE_LOADERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
+    columns = list(dataset.column_names)
+    if text_column is not None:
+        if text_column not in columns:
+            raise ConfigError(f"Calibration data has no column {text_column!r}; its columns are {columns}.")
+        return [str(t) for t in dataset[text_column]]
+    for first, second in PAIR_COLUMNS:
+        if first in columns and second in columns:
+            return list(zip(map(str, dataset[first]), map(str, dataset[second])))
+    for name in TEXT_COLUMNS:
+        if name in columns:
+            return [str(t) for t in dataset[name]]
+    raise ConfigError(
+        f"Cannot tell which calibration column holds text among {columns}: pass `text_column=` "
+        f"(or name a column one of {list(TEXT_COLUMNS)})."
+    )
+
+
+def _load_dataset(source: str, split: str | None):
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.suffix.lower() in _FILE_LOADERS:
+            kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            return datasets.load_dataset(_FILE_LOADERS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
+        return datasets.load_dataset(source, split=split or "train")
+    except Exception as err:  # datasets raises many types; the user needs one clear message
+        raise ConfigError(f"Could not load calibration data {source!r}: {err}") from err
+
+
+def load_calibration_examples(
+    source, *, num_samples: int | None = None, text_column: str | None = None, split: str | None = None
+) -> list[Example]:
+    """Read calibration examples from any accepted source, keeping the first `num_samples`."""
+    if source is None:
+        raise ConfigError(
+            "Static quantization needs calibration data: pass `calibration_dataset=` (a list of texts, a "
+            "datasets.Dataset, or a .txt/.csv/.json file), or use quantize='dynamic', which needs none."
+        )
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.suffix.lower() == ".txt" or (path.is_file() and path.suffix.lower() not in _FILE_LOADERS):
+            if not path.is_file():
+                raise ConfigError(f"Calibration file {path} does not exist.")
+            examples: list[Example] = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            if path.suffix.lower() in _FILE_LOADERS and not path.is_file():
+                raise ConfigError(f"Calibration file {path} does not exist.")
+            examples = _examples_from_dataset(_load_dataset(str(source), split), text_column)
+    elif hasattr(source, "column_names"):
+        examples = _examples_from_dataset(source, text_column)
+    elif isinstance(source, Sequence):
+        examples = [e if isinstance(e, tuple) else str(e) for e in source]
+    else:
+        raise ConfigError(f"Unsupported calibration data of type {type(source).__name__}.")
+    examples = [e for e in examples if e]
+    if not examples:
+        raise ConfigError("The calibration data holds no examples.")
+    return examples[:num_samples] if num_samples else examples
+
+
+def tokenize_examples(
+    examples: Sequence[Example], tokenizer, *, sequence_length: int, input_names: Sequence[str]
+) -> list[dict]:
+    """Tokenize one example per batch, padded to `sequence_length` so every batch has the same shape."""
+    if tokenizer.pad_token is None:
+        # GPT-2-style tokenizers have no pad token; padding with EOS under an attention mask is the usual fix.
+        tokenizer.pad_token = tokenizer.eos_token
+    batches = []
+    for example in examples:
+        text, pair = (example if isinstance(example, tuple) else (example, None))
+        encoded = tokenizer(
+            text, pair, padding="max_length", truncation=True, max_length=sequence_length, return_tensors="np"
+        )
+        batches.append({name: encoded[name].astype("int64") for name in input_names if name in encoded})
+    return batches

@@ -1,0 +1,177 @@
+"""Quantization configurations: dataclasses validated on creation, serialised tagged and versioned.
+
+A config serialises as ``{"_type": "StaticQuantConfig", "_version": 1, "_data": {...}}`` and loads only
+classes from an allow-list, so a recipe file can never name arbitrary code. Configs import no backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from .errors import ConfigError, unknown_name
+from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS
+
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+STATIC_FORMATS = ("qdq", "qoperator")
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+def _check_choice(kind: str, value: object, valid) -> None:
+    if value not in valid:
+        raise unknown_name(kind, value, valid)
+
+
+def _check_patterns(name: str, patterns) -> list[str]:
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"`{name}` must be a list of strings (fnmatch patterns), got {patterns!r}.")
+    return list(patterns)
+
+
+def _check_reduce_range(value) -> None:
+    if value not in (True, False, "auto"):
+        raise ConfigError(f"`reduce_range` must be True, False or 'auto', got {value!r}.")
+
+
+@dataclass
+class CalibrationConfig:
+    """How activation ranges are measured for static quantization.
+
+    Histogram methods (percentile, entropy) need every calibration batch to have the same shape, so
+    calibration texts are padded or truncated to `sequence_length`.
+    """
+
+    method: str = "minmax"
+    percentile: float = 99.99
+    num_samples: int = 128
+    sequence_length: int = 128
+
+    def __post_init__(self):
+        _check_choice("calibration method", self.method, CALIBRATION_METHODS)
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"`percentile` must be in (0, 100], got {self.percentile}.")
+        if int(self.num_samples) < 1 or int(self.sequence_length) < 2:
+            raise ConfigError("`num_samples` must be >= 1 and `sequence_length` >= 2.")
+
+
+@dataclass
+class _QuantConfigBase:
+    """Fields and (de)serialisation shared by every quantization config."""
+
+    VERSION: ClassVar[int] = 1
+    requires_calibration: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _check_reduce_range(self.reduce_range)
+        _check_choice("weight type", self.weight_type, WEIGHT_TYPES)
+        self.exclude = _check_patterns("exclude", self.exclude)
+        if self.op_types is not None:
+            self.op_types = _check_patterns("op_types", self.op_types)
+
+    def exclusion_patterns(self) -> list[str]:
+        """Every module/node pattern to keep in FP32: the shared default block, then the user's."""
+        defaults = list(DEFAULT_EXCLUDE) if self.keep_default_exclusions else []
+        return defaults + [p for p in self.exclude if p not in defaults]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_type": type(self).__name__, "_version": self.VERSION, "_data": dataclasses.asdict(self)}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "_QuantConfigBase":
+        """A copy with some fields changed; the original is never mutated."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DynamicQuantConfig(_QuantConfigBase):
+    """Dynamic INT8: weights quantized ahead of time, activations quantized per batch at run time."""
+
+    per_channel: bool = False
+    reduce_range: Union[bool, str] = "auto"
+    weight_type: str = "int8"
+    exclude: list[str] = field(default_factory=list)
+    keep_default_exclusions: bool = True
+    op_types: list[str] | None = None
+    optimize_graph: bool = True
+
+
+@dataclass
+class StaticQuantConfig(_QuantConfigBase):
+    """Static INT8: activation ranges measured once on calibration data, stored in the graph."""
+
+    requires_calibration: ClassVar[bool] = True
+
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    format: str = "qdq"
+    per_channel: bool = True
+    symmetric: bool = False
+    reduce_range: Union[bool, str] = "auto"
+    weight_type: str = "int8"
+    exclude: list[str] = field(default_factory=list)
+    keep_default_exclusions: bool = True
+    op_types: list[str] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.calibration, dict):
+            self.calibration = _build(CalibrationConfig, self.calibration)
+        elif isinstance(self.calibration, str):
+            self.calibration = CalibrationConfig(method=self.calibration)
+        if not isinstance(self.calibration, CalibrationConfig):
+            raise ConfigError(f"`calibration` must be a CalibrationConfig, dict or method name, got {self.calibration!r}.")
+        _check_choice("static format", self.format, STATIC_FORMATS)
+        super().__post_init__()
+
+
+QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig]
+
+# Allow-list of classes a serialised config may name.
+CONFIG_TYPES: dict[str, type] = {cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig)}
+
+
+def _build(cls: type, data: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"Unknown field(s) {sorted(unknown)} for {cls.__name__}. Valid fields: {sorted(names)}.")
+    return cls(**data)
+
+
+def config_from_dict(data: dict) -> QuantConfig:
+    """Rebuild a config from `to_dict()` output. Only allow-listed classes load."""
+    if not isinstance(data, dict) or "_type" not in data:
+        raise ConfigError("A serialised config must be a dict with `_type`, `_version` and `_data` keys.")
+    cls = CONFIG_TYPES.get(data["_type"])
+    if cls is None:
+        raise unknown_name("config type", data["_type"], CONFIG_TYPES)
+    if int(data.get("_version", 1)) > cls.VERSION:
+        raise ConfigError(
+            f"{data['_type']} version {data['_version']} is newer than this library understands ({cls.VERSION}): "
+            "upgrade optimum-quantization."
+        )
+    return _build(cls, dict(data.get("_data", {})))
+
+
+def config_from_json_string(text: str) -> QuantConfig:
+    return config_from_dict(json.loads(text))
+
+
+def resolve_quant_config(quantize) -> QuantConfig | None:
+    """Turn what a user passes as `quantize=` (None, a preset name, a dict or a config) into a config."""
+    if quantize is None or isinstance(quantize, tuple(CONFIG_TYPES.values())):
+        return quantize
+    if isinstance(quantize, dict):
+        return config_from_dict(quantize)
+    if isinstance(quantize, str):
+        if quantize in PLANNED_PRESETS:
+            raise ConfigError(
+                f"Preset {quantize!r} is not available in this version. Available presets: {', '.join(sorted(PRESETS))}."
+            )
+        if quantize not in PRESETS:
+            raise unknown_name("quantization preset", quantize, PRESETS)
+        class_name, kwargs = PRESETS[quantize]
+        return CONFIG_TYPES[class_name](**kwargs)
+    raise ConfigError(f"`quantize` must be None, a preset name, a dict or a config object, got {type(quantize).__name__}.")

@@ -1,0 +1,27 @@
+"""Typed errors a user can catch. Each message says what went wrong and what to do about it."""
+
+
+class QuantizationError(Exception):
+    """Base class of every error raised by optimum-quantization."""
+
+
+class ConfigError(QuantizationError, ValueError):
+    """A configuration, preset, task, backend or method name is invalid, or a required input is missing."""
+
+
+class BackendUnavailableError(QuantizationError, ImportError):
+    """The backend exists but its dependencies are not installed."""
+
+
+class ModelNotFoundError(QuantizationError, OSError):
+    """The model folder or repository is missing or unreadable."""
+
+
+class UnsupportedModelError(QuantizationError, ValueError):
+    """The model type or task is not supported by the exporter or the backend."""
+
+
+def unknown_name(kind: str, name: object, valid) -> ConfigError:
+    """Build the error for an unknown name, listing the valid ones."""
+    choices = ", ".join(repr(v) for v in sorted(valid))
+    return ConfigError(f"Unknown {kind} {name!r}. Valid {kind}s: {choices}.")

@@ -1,0 +1,1 @@
+"""Measurement helpers: graph census now; metrics and benchmarks build on it."""

@@ -1,0 +1,188 @@
+"""`QuantModelFor<Task>.from_pretrained`: load a quantized folder, or export and quantize a checkpoint.
+
+This module finds backends by name through the registry and imports none of them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from .calibration import load_calibration_examples
+from .configuration import resolve_quant_config
+from .errors import ConfigError, ModelNotFoundError, UnsupportedModelError
+from .recipe import RECIPE_FILE, find_recipe
+from .registry import get_backend
+from .backends.base import QuantizationRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = "onnxruntime"
+
+
+def _looks_like_path(model_id: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else is meant as a local path.
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+
+
+def _local_folder(model_id: str | os.PathLike, subfolder: str) -> Path | None:
+    """The local folder to read, None for a Hub id; raises for a path that is missing or not a folder."""
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file; pass the folder that holds the model's config.json.")
+        folder = path / subfolder
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{folder} holds no config.json: pass a folder written by save_pretrained (transformers or ours)."
+            )
+        if not os.access(folder / "config.json", os.R_OK):
+            raise ModelNotFoundError(f"{folder / 'config.json'} is not readable: check its permissions.")
+        return folder
+    if isinstance(model_id, os.PathLike) or _looks_like_path(str(model_id)):
+        raise ModelNotFoundError(f"Model folder {path} does not exist.")
+    return None
+
+
+def _load_model_config(model_id: str, hub_kwargs: dict):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id, **hub_kwargs)
+    except ValueError as err:  # unrecognised model_type
+        raise UnsupportedModelError(f"transformers does not recognise the model in {model_id}: {err}") from err
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"Could not load {model_id!r}: {err}. Pass a local folder, or a Hub id when the Hub is reachable."
+        ) from err
+
+
+def _load_tokenizer(model_id: str, hub_kwargs: dict, required: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        if required:
+            raise ConfigError(
+                f"Static quantization tokenizes the calibration data, but no tokenizer loads from {model_id}: "
+                f"{err}. Pass `tokenizer=`."
+            ) from err
+        logger.info("No tokenizer found in %s; the saved model will not include one.", model_id)
+        return None
+
+
+def load_or_quantize(
+    task: str,
+    model_id_or_path,
+    *,
+    export: bool | None = None,
+    backend: str | None = None,
+    quantize=None,
+    calibration_dataset=None,
+    tokenizer=None,
+    text_column: str | None = None,
+    subfolder: str = "",
+    revision: str | None = None,
+    token=None,
+    cache_dir=None,
+    trust_remote_code: bool = False,
+    **load_kwargs,
+):
+    """Load a saved quantized model, or export + quantize a transformers checkpoint for `task`."""
+    folder = _local_folder(model_id_or_path, subfolder)
+    recipe = find_recipe(folder) if folder is not None else None
+    if recipe is not None:
+        if quantize is not None or export:
+            raise ConfigError(
+                f"{folder} already holds a model quantized by optimum-quantization ({RECIPE_FILE}); load it "
+                "without `quantize=`/`export=`, or start again from the FP32 checkpoint."
+            )
+        if backend is not None and backend != recipe.backend:
+            raise ConfigError(f"{folder} was saved by backend {recipe.backend!r}, not {backend!r}.")
+        if recipe.task != task:
+            raise ConfigError(f"{folder} holds a {recipe.task!r} model; load it with the class for that task.")
+        return get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
+
+    if export is False:
+        raise ConfigError(
+            f"{model_id_or_path} holds no {RECIPE_FILE}, so it is not a quantized model: pass export=True "
+            "(the default) to export and quantize it."
+        )
+    config = resolve_quant_config(quantize)
+    quant_backend = get_backend(backend or DEFAULT_BACKEND)
+    quant_backend.check_supports(task, config)
+
+    source = str(folder) if folder is not None else str(model_id_or_path)
+    hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    needs_calibration = config is not None and config.requires_calibration
+    calibration_examples = None
+    if needs_calibration:  # read it before the slow export so a bad file fails fast
+        calibration_examples = load_calibration_examples(
+            calibration_dataset, num_samples=config.calibration.num_samples, text_column=text_column
+        )
+    model_config = _load_model_config(source, hub_kwargs)
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(source, hub_kwargs, required=needs_calibration)
+    request = QuantizationRequest(
+        model_path=source,
+        task=task,
+        config=config,
+        model_type=model_config.model_type,
+        tokenizer=tokenizer,
+        calibration_examples=calibration_examples,
+        hub_kwargs=hub_kwargs,
+        load_kwargs=load_kwargs,
+    )
+    return quant_backend.quantize(request)
+
+
+class _QuantModel:
+    """Factory base: `from_pretrained` returns the backend's model object; instances are never made."""
+
+    task: ClassVar[str] = ""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} is a factory: use {type(self).__name__}.from_pretrained(...).")
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path, **kwargs):
+        """Load a quantized model, or export and quantize a transformers checkpoint.
+
+        Args:
+            model_id_or_path: a local folder or a Hub id.
+            export: export the PyTorch checkpoint (default when the folder holds no quantized model).
+            backend: a registered backend name (default "onnxruntime"); see `available_backends()`.
+            quantize: None (FP32 export), a preset ("dynamic", "static", "int8"), a config object or its dict.
+            calibration_dataset: texts, a `datasets.Dataset`, a .txt/.csv/.json file or a local dataset name;
+                required by static quantization.
+            tokenizer: the tokenizer to calibrate with and save beside the model (default: the model's own).
+            **kwargs: passed to the backend's model class (e.g. `use_io_binding`, `provider`).
+        """
+        return load_or_quantize(cls.task, model_id_or_path, **kwargs)
+
+
+class QuantModelForSequenceClassification(_QuantModel):
+    task = "text-classification"
+
+
+class QuantModelForQuestionAnswering(_QuantModel):
+    task = "question-answering"
+
+
+class QuantModelForTokenClassification(_QuantModel):
+    task = "token-classification"
+
+
+class QuantModelForFeatureExtraction(_QuantModel):
+    task = "feature-extraction"
+
+
+class QuantModelForCausalLM(_QuantModel):
+    task = "text-generation"
+
+
+QUANT_MODEL_CLASSES = {cls.task: cls for cls in _QuantModel.__subclasses__()}

@@ -1,0 +1,22 @@
+"""Named recipes and the shared default-exclusion block: data, no logic."""
+
+# Module-name patterns (fnmatch) kept in FP32 by every recipe unless `keep_default_exclusions=False`:
+# task heads are tiny, sit right before the output and carry most of the quantization error per FLOP.
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    "classifier*",
+    "pre_classifier",
+    "qa_outputs",
+    "score",
+    "lm_head",
+)
+
+# Preset name -> (config class name, keyword arguments). Resolved in configuration.resolve_quant_config.
+PRESETS: dict[str, tuple[str, dict]] = {
+    # Dynamic INT8 is the fastest sane recipe measured on AVX2 CPUs (see shared FACTS): weights s8, fused graph.
+    "dynamic": ("DynamicQuantConfig", {}),
+    "int8": ("DynamicQuantConfig", {}),
+    "static": ("StaticQuantConfig", {}),
+}
+
+# Presets named in the design that later releases implement; asking for them gives a clear error today.
+PLANNED_PRESETS: tuple[str, ...] = ("w8", "w4", "auto")

@@ -1,0 +1,95 @@
+"""Backend registry: name -> lazily imported backend class.
+
+Entries are ``"module:Class"`` strings so that importing optimum.quantization never imports a runtime;
+the module is imported on the first `get_backend(name)`, after checking its dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from .errors import BackendUnavailableError, unknown_name
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    target: str | type  # "package.module:ClassName" or the class itself
+    requires: tuple[str, ...] = ()  # importable module names the backend needs
+    extra: str | None = None  # pip extra that installs them
+
+    def missing(self) -> list[str]:
+        return [module for module in self.requires if not _importable(module)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+_LOADED: dict[str, type] = {}
+
+
+def register_backend(name: str, target: str | type | None = None, *, requires=(), extra: str | None = None):
+    """Register a backend by name.
+
+    Use as a call, ``register_backend("mine", "pkg.mod:MyBackend", requires=("onnxruntime",))``, or as a
+    class decorator, ``@register_backend("mine")``. Registering an existing name replaces it.
+    """
+
+    def _register(obj):
+        _REGISTRY[name] = BackendEntry(name, obj, tuple(requires), extra)
+        _LOADED.pop(name, None)
+        if isinstance(obj, type):
+            obj.name = name
+        return obj
+
+    if target is None:
+        return _register
+    _register(target)
+    return target
+
+
+def get_backend(name: str):
+    """Return an instance of the named backend, or raise a clear error if it is unknown or not installed."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise unknown_name("backend", name, _REGISTRY)
+    missing = entry.missing()
+    if missing:
+        hint = f'pip install "optimum-quantization[{entry.extra}]"' if entry.extra else f"pip install {' '.join(missing)}"
+        raise BackendUnavailableError(
+            f"Backend {name!r} needs {', '.join(missing)}, which is not installed. Install it with: {hint}"
+        )
+    if name not in _LOADED:
+        target = entry.target
+        if isinstance(target, str):
+            module_name, _, class_name = target.partition(":")
+            target = getattr(importlib.import_module(module_name), class_name)
+        target.name = name
+        _LOADED[name] = target
+    return _LOADED[name]()
+
+
+def registered_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def available_backends() -> list[str]:
+    """Names of registered backends whose dependencies are installed."""
+    return sorted(name for name, entry in _REGISTRY.items() if not entry.missing())
+
+
+# Built-in backends.
+register_backend(
+    "onnxruntime",
+    "optimum.quantization.backends.onnxruntime:OnnxRuntimeBackend",
+    requires=("onnxruntime", "onnx", "optimum.onnxruntime"),
+    extra="onnxruntime",
+)
+register_backend("torch", "optimum.quantization.backends.torch:TorchBackend", requires=("torch",))
