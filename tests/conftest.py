@@ -104,7 +104,8 @@ def tiny_dir(tmp_path_factory):
                                                                     num_hidden_layers=1, intermediate_size=64))
         else:
             tokenizer = _bert_tokenizer(folder)
-            model = getattr(transformers, classes[kind])(bert_config(tokenizer))
+            labels = 2 if kind == "question-answering" else 3  # QA heads predict (start, end)
+            model = getattr(transformers, classes[kind])(bert_config(tokenizer, num_labels=labels))
         model.eval().save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         built[kind] = folder

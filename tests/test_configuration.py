@@ -326,13 +326,21 @@ def test_config_error_is_a_value_error():
 # --------------------------------------------------------------------------------------------- exclusions / replace
 
 
-def test_exclusion_patterns_default_block_first():
-    config = StaticQuantConfig(exclude=["encoder.layer.0.*", "lm_head", "pooler"])
+@pytest.mark.parametrize("cls", [DynamicQuantConfig, StaticQuantConfig])
+def test_exclusion_patterns_default_block_first(cls):
+    config = cls(exclude=["encoder.layer.0.*", "lm_head", "pooler"])
     patterns = config.exclusion_patterns()
-    assert patterns[: len(DEFAULT_EXCLUDE)] == list(DEFAULT_EXCLUDE)
+    defaults = list(cls.default_exclude)
+    assert defaults[: len(DEFAULT_EXCLUDE)] == list(DEFAULT_EXCLUDE)  # the shared block is in every recipe
+    assert patterns[: len(defaults)] == defaults
     # User patterns follow, in order, without duplicating the default block.
-    assert patterns[len(DEFAULT_EXCLUDE) :] == ["encoder.layer.0.*", "pooler"]
+    assert patterns[len(defaults) :] == ["encoder.layer.0.*", "pooler"]
     assert patterns.count("lm_head") == 1
+
+
+def test_static_keeps_heavy_tailed_projections_in_fp32_by_default():
+    assert "*.output.dense" in StaticQuantConfig().exclusion_patterns()
+    assert "*.output.dense" not in DynamicQuantConfig().exclusion_patterns()
 
 
 def test_exclusion_patterns_without_defaults():

@@ -27,7 +27,7 @@ STATIC_CONFIGS = {
     "entropy": StaticQuantConfig(calibration=CalibrationConfig(method="entropy", sequence_length=32)),
 }
 # Tolerances for a random-init 2-layer model whose logits spread over a few units.
-MIN_LOGIT_COSINE = 0.95  # every example
+MIN_LOGIT_COSINE = 0.90  # every example
 MIN_MEAN_LOGIT_COSINE = 0.99  # over the batch
 MAX_ABS_LOGIT_DIFF = 1.0
 # Entropy (KL) calibration clips activation tails by design; with 12 calibration sentences on a random

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from .errors import ConfigError, unknown_name
-from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS
+from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS, STATIC_DEFAULT_EXCLUDE
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_FORMATS = ("qdq", "qoperator")
@@ -63,6 +63,7 @@ class _QuantConfigBase:
 
     VERSION: ClassVar[int] = 1
     requires_calibration: ClassVar[bool] = False
+    default_exclude: ClassVar[tuple[str, ...]] = DEFAULT_EXCLUDE
 
     def __post_init__(self):
         _check_reduce_range(self.reduce_range)
@@ -73,7 +74,7 @@ class _QuantConfigBase:
 
     def exclusion_patterns(self) -> list[str]:
         """Every module/node pattern to keep in FP32: the shared default block, then the user's."""
-        defaults = list(DEFAULT_EXCLUDE) if self.keep_default_exclusions else []
+        defaults = list(self.default_exclude) if self.keep_default_exclusions else []
         return defaults + [p for p in self.exclude if p not in defaults]
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +111,7 @@ class StaticQuantConfig(_QuantConfigBase):
     """Static INT8: activation ranges measured once on calibration data, stored in the graph."""
 
     requires_calibration: ClassVar[bool] = True
+    default_exclude: ClassVar[tuple[str, ...]] = DEFAULT_EXCLUDE + STATIC_DEFAULT_EXCLUDE
 
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     format: str = "qdq"

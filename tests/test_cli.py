@@ -1,0 +1,63 @@
+"""`optimum-quantize` and `optimum-cli quantize`: same options, clear errors, a saved model and a report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimum.quantization.commands.cli import main
+from optimum.quantization.recipe import QuantizationRecipe
+
+
+def test_quantize_static_from_a_text_file_and_report(tiny_dir, tmp_path, capsys):
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("a good script\nboring , long and pointless\nthe movie is a disaster\n")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    code = main([
+        "--model", str(tiny_dir("text-classification")), "--task", "text-classification", "--method", "static",
+        "--calibration-data", str(calibration), "--calibration-method", "percentile", "--output", str(out),
+        "--report", str(report),
+    ])
+    assert code == 0
+    recipe = QuantizationRecipe.load(out)
+    assert recipe.quantization.calibration.method == "percentile" and recipe.details["calibration_samples"] == 3
+    printed = capsys.readouterr().out
+    assert "latency p50" in printed and "model file (MB)" in printed and "top-1 agreement" in printed
+    data = json.loads(report.read_text())
+    assert data["agreement"]["examples"] == 64 and data["cpu"]["model"]
+
+
+def test_explicit_quantize_subcommand_and_torch_backend(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["quantize", "--model", str(tiny_dir("text-classification")), "--task", "sentiment-analysis",
+                 "--backend", "torch", "--output", str(out), "--no-compare"]) == 0
+    assert QuantizationRecipe.load(out).backend == "torch"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "int3"], "Unknown method 'int3'. Valid methods: 'dynamic', 'none', 'static'"),
+        (["--task", "translation"], "Unknown task 'translation'"),
+        (["--backend", "tvm"], "Unknown backend 'tvm'"),
+        (["--method", "static"], "needs calibration data"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tiny_dir, tmp_path, capsys, args, message):
+    code = main(["--model", str(tiny_dir("text-classification")), "--output", str(tmp_path / "o"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_optimum_cli_registers_quantize():
+    optimum_cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent))
+    assert optimum_cli, "optimum-cli is not installed beside this Python"
+    result = subprocess.run([optimum_cli, "quantize", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--calibration-data" in result.stdout and "--backend" in result.stdout
