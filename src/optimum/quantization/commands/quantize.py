@@ -69,7 +69,7 @@ def build_config(args):
     return StaticQuantConfig(calibration=calibration, **common)
 
 
-def _print_report(report: dict) -> None:
+def print_report(report: dict) -> None:
     fp32, int8 = report["fp32"], report["int8"]
     speedup = fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"]
     size_ratio = int8["size_bytes"] / fp32["size_bytes"] if fp32["size_bytes"] else float("nan")
@@ -88,19 +88,19 @@ def _print_report(report: dict) -> None:
           + ("" if agreement["top1_agreement"] is None else f", top-1 agreement {agreement['top1_agreement']:.1%}"))
 
 
-def compare(args, model_path: str, task: str, quantized, tokenizer) -> dict:
+def compare_with_fp32(model_path: str, task: str, backend: str, method: str, quantized, tokenizer) -> dict:
     """Build the FP32 reference with the same backend and measure both on the demo sentences."""
     from ..evaluation.compare import latency_ms, output_agreement
     from ..modeling import QUANT_MODEL_CLASSES
 
     texts = demo_sentences()
-    fp32 = QUANT_MODEL_CLASSES[task].from_pretrained(model_path, backend=args.backend, quantize=None)
+    fp32 = QUANT_MODEL_CLASSES[task].from_pretrained(model_path, backend=backend, quantize=None)
     details = quantized.quantization_recipe.details
     return {
         "model": model_path,
         "task": task,
-        "backend": args.backend,
-        "method": args.method,
+        "backend": backend,
+        "method": method,
         "cpu": cpu_info().to_dict(),
         "fp32": {"latency_ms": latency_ms(fp32, tokenizer, texts), "size_bytes": details.get("fp32_size_bytes", 0)},
         "int8": {"latency_ms": latency_ms(quantized, tokenizer, texts), "size_bytes": details.get("int8_size_bytes", 0)},
@@ -132,8 +132,8 @@ def run_quantize(args) -> int:
     if config is None or args.no_compare:
         return 0
     tokenizer = AutoTokenizer.from_pretrained(output)
-    report = compare(args, model_path, task, model, tokenizer)
-    _print_report(report)
+    report = compare_with_fp32(model_path, task, args.backend, args.method, model, tokenizer)
+    print_report(report)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
