@@ -85,7 +85,7 @@ def tiny_dir(tmp_path_factory):
         if kind in built:
             return built[kind]
         folder = root / kind
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)  # a failed earlier build of this kind may have left it
         torch.manual_seed(0)
         if kind == "text-generation":
             tokenizer = _gpt2_tokenizer(folder)

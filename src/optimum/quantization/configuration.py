@@ -65,6 +65,13 @@ class _QuantConfigBase:
     requires_calibration: ClassVar[bool] = False
     default_exclude: ClassVar[tuple[str, ...]] = DEFAULT_EXCLUDE
 
+    per_channel: bool = True
+    reduce_range: Union[bool, str] = "auto"
+    weight_type: str = "int8"
+    exclude: list[str] = field(default_factory=list)
+    keep_default_exclusions: bool = True
+    op_types: list[str] | None = None
+
     def __post_init__(self):
         _check_reduce_range(self.reduce_range)
         _check_choice("weight type", self.weight_type, WEIGHT_TYPES)
@@ -97,12 +104,6 @@ class DynamicQuantConfig(_QuantConfigBase):
     embedding cosine similarity to 0.87, per-channel keeps it at 0.99, at the same speed.
     """
 
-    per_channel: bool = True
-    reduce_range: Union[bool, str] = "auto"
-    weight_type: str = "int8"
-    exclude: list[str] = field(default_factory=list)
-    keep_default_exclusions: bool = True
-    op_types: list[str] | None = None
     optimize_graph: bool = True
 
 
@@ -115,13 +116,7 @@ class StaticQuantConfig(_QuantConfigBase):
 
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     format: str = "qdq"
-    per_channel: bool = True
     symmetric: bool = False
-    reduce_range: Union[bool, str] = "auto"
-    weight_type: str = "int8"
-    exclude: list[str] = field(default_factory=list)
-    keep_default_exclusions: bool = True
-    op_types: list[str] | None = None
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):
