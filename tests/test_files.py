@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from optimum.quantization.files import atomic_output_dir, folder_size
+from optimum.quantization.files import atomic_output_dir
 from optimum.quantization.hardware import CpuInfo, cpu_info
 
 
@@ -84,18 +84,6 @@ def test_target_that_is_a_file_raises(tmp_path):
             pytest.fail("the block must not run")
     assert target.read_text(encoding="utf-8") == "I am a file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-
-
-def test_folder_size(existing):
-    expected = len(b"\x00old-model\xff") + len('{"old": true}') + len(b"nested" * 10)
-    assert folder_size(existing) == expected
-    assert folder_size(existing, "*.onnx") == len(b"\x00old-model\xff")
-    assert folder_size(existing, "*.bin") == 60  # found in a subfolder
-    assert folder_size(existing, "*.none") == 0
-
-
-def test_folder_size_empty(tmp_path):
-    assert folder_size(tmp_path) == 0
 
 
 # --------------------------------------------------------------------------------------------- hardware

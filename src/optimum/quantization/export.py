@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from .errors import UnsupportedModelError
@@ -39,17 +40,21 @@ def check_exportable(model_type: str, task: str) -> None:
 
 def export_onnx(model_path: str, output_dir: Path, task: str, *, model_type: str, **hub_kwargs) -> Path:
     """Export `model_path` to `output_dir/model.onnx` (plus config and preprocessor files); return the ONNX path."""
+    import torch
     from optimum.exporters.onnx import main_export
 
     check_exportable(model_type, task)
-    main_export(
-        model_path,
-        output=output_dir,
-        task=EXPORT_TASKS[task],
-        library_name="transformers",
-        do_validation=False,  # we compare outputs ourselves, against the quantized model too
-        **hub_kwargs,
-    )
+    with warnings.catch_warnings():
+        # The tracer warns about constants in transformers' mask helpers on every export: noise to a user.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        main_export(
+            model_path,
+            output=output_dir,
+            task=EXPORT_TASKS[task],
+            library_name="transformers",
+            do_validation=False,  # we compare outputs ourselves, against the quantized model too
+            **hub_kwargs,
+        )
     onnx_path = Path(output_dir) / "model.onnx"
     if not onnx_path.is_file():
         raise UnsupportedModelError(f"The ONNX export of {model_path} produced no model.onnx: {sorted(p.name for p in Path(output_dir).iterdir())}.")

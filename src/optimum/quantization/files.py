@@ -40,7 +40,3 @@ def atomic_output_dir(target: str | os.PathLike):
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
-
-def folder_size(path: str | os.PathLike, pattern: str = "*") -> int:
-    """Total size in bytes of the files under `path` matching `pattern`."""
-    return sum(f.stat().st_size for f in Path(path).rglob(pattern) if f.is_file())

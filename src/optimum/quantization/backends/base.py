@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..configuration import QuantConfig
-from ..errors import ConfigError, UnsupportedModelError, unknown_name
+from ..errors import ConfigError, UnsupportedModelError
 from ..files import atomic_output_dir
 from ..recipe import QuantizationRecipe
 
@@ -107,7 +107,3 @@ def check_patterns_used(user_patterns: Sequence[str], used: set[str], what: str)
         logger.warning("exclude pattern %r matched no %s: nothing was kept in FP32 because of it.", pattern, what)
     return unused
 
-
-def require_task(task: str, valid) -> None:
-    if task not in valid:
-        raise unknown_name("task", task, valid)
