@@ -134,13 +134,14 @@ class OnnxRuntimeBackend(Backend):
             if isinstance(config, DynamicQuantConfig):
                 details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir))
             else:
+                graph = onnx.load(str(fp32_path), load_external_data=False)
                 feeds = tokenize_examples(
                     request.calibration_examples,
                     request.tokenizer,
                     sequence_length=config.calibration.sequence_length,
-                    input_names=[i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input],
+                    input_names=[i.name for i in graph.graph.input],
                 )
-                details.update(self._quantize_static(fp32_path, quantized_path, config, feeds, work_dir))
+                details.update(self._quantize_static(fp32_path, graph, quantized_path, config, feeds, work_dir))
             shutil.move(quantized_path, fp32_path)
             details["int8_size_bytes"] = fp32_path.stat().st_size
             details["int8_ops"] = int8_op_counts(fp32_path)
@@ -194,11 +195,12 @@ class OnnxRuntimeBackend(Backend):
         )
         return {**details, "op_types": op_types, "reduce_range": reduce_range, "excluded_nodes": nodes_to_exclude, "unused_exclude_patterns": unused}
 
-    def _quantize_static(self, src: Path, dst: Path, config: StaticQuantConfig, feeds: list, work_dir: Path) -> dict:
+    def _quantize_static(
+        self, src: Path, model: onnx.ModelProto, dst: Path, config: StaticQuantConfig, feeds: list, work_dir: Path
+    ) -> dict:
         # Static Q/DQ runs on the plain graph: ORT fuses Q/DQ pairs itself at session load, and quantizing
         # its transformer-fused graph breaks bias quantization of the pooler/classifier Gemms.
         op_types = config.op_types or STATIC_OP_TYPES
-        model = onnx.load(str(src), load_external_data=False)
         nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
         ranges, unbounded = calibrate(src, feeds, config.calibration, op_types, work_dir)
         # Nodes touching a mask tensor stay FP32: any scale for them would be meaningless.
