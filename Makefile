@@ -26,8 +26,10 @@ lint-imports: $(STAMP)
 test: $(STAMP) lint-imports
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
+# pytest exits 5 when it collects nothing: say so instead of failing while no slow test exists yet.
 test-slow: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no slow tests are defined yet"; else exit $$rc; fi
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
