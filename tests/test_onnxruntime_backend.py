@@ -149,6 +149,9 @@ def test_save_load_round_trip_is_identical(tiny_dir, tmp_path, quantize):
     np.testing.assert_array_equal(reloaded(**inputs).logits.numpy(), before)
     # Loading did not quantize again: the graph is byte-identical to the saved one.
     assert reloaded.model_save_dir == out
+    # Saving the reloaded model writes a complete folder again, tokenizer included.
+    reloaded.save_pretrained(tmp_path / "again")
+    assert {p.name for p in out.iterdir()} == {p.name for p in (tmp_path / "again").iterdir()}
 
 
 def test_failed_save_leaves_existing_folder_intact(tiny_dir, tmp_path, monkeypatch):

@@ -46,6 +46,9 @@ def test_linears_swapped_head_kept_and_round_trip_identical(tiny_dir, tmp_path, 
     assert json.loads((tmp_path / "q" / "quantization_config.json").read_text())["backend"] == "torch"
     reloaded = QuantModelForSequenceClassification.from_pretrained(tmp_path / "q")
     np.testing.assert_array_equal(logits(reloaded, tokenizer), before)
+    assert model.quantization_recipe.details["excluded_modules"] == ["classifier"]
+    reloaded.save_pretrained(tmp_path / "again")  # a reloaded model saves a complete folder, tokenizer included
+    assert {p.name for p in (tmp_path / "q").iterdir()} == {p.name for p in (tmp_path / "again").iterdir()}
 
 
 def test_int8_weights_file_shrinks(tiny_dir, tmp_path):

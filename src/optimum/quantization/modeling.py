@@ -104,7 +104,12 @@ def load_or_quantize(
             raise ConfigError(f"{folder} was saved by backend {recipe.backend!r}, not {backend!r}.")
         if recipe.task != task:
             raise ConfigError(f"{folder} holds a {recipe.task!r} model; load it with the class for that task.")
-        return get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
+        model = get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
+        # Keep the saved tokenizer with the model, so saving a reloaded model writes a complete folder again.
+        saved_tokenizer = tokenizer or _load_tokenizer(str(folder), {}, required=False)
+        if saved_tokenizer is not None:
+            model.quantization_preprocessors = [saved_tokenizer]
+        return model
 
     if export is False:
         raise ConfigError(

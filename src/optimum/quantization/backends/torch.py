@@ -94,18 +94,19 @@ class TorchBackend(Backend):
         config = request.config
         if config is not None:
             patterns = config.exclusion_patterns()
-            linears, used = [], set()
+            linears, excluded, used = [], [], set()
             for name, module in model.named_modules():
                 if isinstance(module, torch.nn.Linear):
                     pattern = matches_any(name, patterns)
                     if pattern:
                         used.add(pattern)
+                        excluded.append(name)
                     else:
                         linears.append(name)
             _quantize_dynamic(model, linears, config.per_channel)
             details = {
                 "quantized_modules": len(linears),
-                "excluded_modules": sorted(set(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))),
+                "excluded_modules": sorted(excluded),
                 "unused_exclude_patterns": check_patterns_used(config.exclude, used, "nn.Linear module"),
                 # fbgemm's dynamic linear quantizes activations with a reduced (7-bit) range on every CPU.
                 "reduce_range": "activations (fbgemm default)",
