@@ -18,7 +18,8 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from optimum.quantization import QuantModelForFeatureExtraction, cpu_info
-from optimum.quantization.commands.quantize import compare_with_fp32, default_model_dir, demo_sentences
+from optimum.quantization.commands.quantize import compare_with_fp32
+from optimum.quantization.samples import default_model_dir, demo_sentences
 from optimum.quantization.recipe import library_versions
 
 HERE = Path(__file__).resolve().parent

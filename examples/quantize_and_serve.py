@@ -6,7 +6,7 @@ import numpy as np
 from transformers import AutoTokenizer, pipeline
 
 from optimum.quantization import CalibrationConfig, QuantModelForFeatureExtraction, StaticQuantConfig
-from optimum.quantization.commands.quantize import default_model_dir, demo_sentences
+from optimum.quantization.samples import default_model_dir, demo_sentences
 
 model_dir = default_model_dir()
 tokenizer = AutoTokenizer.from_pretrained(model_dir)

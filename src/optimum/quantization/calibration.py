@@ -37,7 +37,8 @@ def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
     )
 
 
-def _load_dataset(source: str, split: str | None):
+def load_dataset_source(source: str, split: str | None = None, what: str = "calibration data"):
+    """A `datasets.Dataset` from a .csv/.tsv/.json/.jsonl file or a dataset name `datasets` can load locally."""
     import datasets
 
     path = Path(source)
@@ -47,7 +48,7 @@ def _load_dataset(source: str, split: str | None):
             return datasets.load_dataset(_FILE_LOADERS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
         return datasets.load_dataset(source, split=split or "train")
     except Exception as err:  # datasets raises many types; the user needs one clear message
-        raise ConfigError(f"Could not load calibration data {source!r}: {err}") from err
+        raise ConfigError(f"Could not load {what} {source!r}: {err}") from err
 
 
 def load_calibration_examples(
@@ -68,7 +69,7 @@ def load_calibration_examples(
         else:
             if path.suffix.lower() in _FILE_LOADERS and not path.is_file():
                 raise ConfigError(f"Calibration file {path} does not exist.")
-            examples = _examples_from_dataset(_load_dataset(str(source), split), text_column)
+            examples = _examples_from_dataset(load_dataset_source(str(source), split), text_column)
     elif hasattr(source, "column_names"):
         examples = _examples_from_dataset(source, text_column)
     elif isinstance(source, Sequence):

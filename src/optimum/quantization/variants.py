@@ -1,0 +1,300 @@
+"""The models a benchmark or evaluation compares, built by name: ours, the FP32 baselines, and the peers'.
+
+A variant is a `VariantSpec` (name, builder kind, options) that round-trips through JSON, so a fresh
+process can load a variant by itself (cold start and peak memory are measured that way). Builders are
+registered by kind, like backends: `register_variant_kind("kind")(BuilderClass)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .configuration import config_from_dict
+from .errors import BackendUnavailableError, ConfigError, unknown_name
+from .modeling import QUANT_MODEL_CLASSES
+from .recipe import RECIPE_FILE, QuantizationRecipe
+from .tasks import TASKS
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "benchmark_variant.json"
+
+
+@dataclass
+class VariantSpec:
+    name: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VariantSpec":
+        return cls(name=data["name"], kind=data["kind"], options=dict(data.get("options") or {}))
+
+
+@dataclass
+class BuildContext:
+    """What every builder gets: the FP32 task checkpoint all variants start from, and calibration texts."""
+
+    source_dir: Path
+    task: str
+    calibration_file: Path | None = None
+
+
+class VariantBuilder:
+    """Builds a variant's folder once, and loads it (in any process) as a model with the transformers call API."""
+
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules the builder needs
+    extra: ClassVar[str] = ""  # the pip extra that provides them
+
+    def check_available(self) -> None:
+        import importlib.util
+
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendUnavailableError(
+                f"needs {', '.join(missing)}: pip install \"optimum-quantization[{self.extra}]\""
+            )
+
+    def build(self, spec: VariantSpec, context: BuildContext, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, spec: VariantSpec, folder: Path, task: str, threads: int | None):
+        raise NotImplementedError
+
+
+VARIANT_KINDS: dict[str, VariantBuilder] = {}
+
+
+def register_variant_kind(kind: str):
+    def decorator(cls):
+        VARIANT_KINDS[kind] = cls()
+        return cls
+
+    return decorator
+
+
+def builder_for(spec: VariantSpec) -> VariantBuilder:
+    if spec.kind not in VARIANT_KINDS:
+        raise unknown_name("variant kind", spec.kind, VARIANT_KINDS)
+    return VARIANT_KINDS[spec.kind]
+
+
+def _ort_session_options(threads: int | None):
+    if threads is None:
+        return None
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _transformers_class(task: str):
+    import transformers
+
+    return getattr(transformers, TASKS[task])
+
+
+@register_variant_kind("pytorch")
+class PyTorchFP32(VariantBuilder):
+    """The transformers model in eager PyTorch FP32: what users run before they quantize."""
+
+    def build(self, spec, context, folder):
+        _transformers_class(context.task).from_pretrained(context.source_dir).save_pretrained(folder)
+
+    def load(self, spec, folder, task, threads):
+        return _transformers_class(task).from_pretrained(folder).eval()
+
+
+@register_variant_kind("quantized")
+class OurQuantized(VariantBuilder):
+    """`QuantModelFor<Task>.from_pretrained(..., backend=, quantize=)`: options {backend, quantize}."""
+
+    def build(self, spec, context, folder):
+        quantize = spec.options.get("quantize")
+        model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
+            str(context.source_dir),
+            backend=spec.options.get("backend", "onnxruntime"),
+            quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
+            calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
+        )
+        model.save_pretrained(folder)
+
+    def load(self, spec, folder, task, threads):
+        backend = spec.options.get("backend", "onnxruntime")
+        kwargs = {}
+        if backend == "onnxruntime" and threads is not None:
+            kwargs["session_options"] = _ort_session_options(threads)
+        model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **kwargs)
+        return model.eval() if hasattr(model, "eval") else model
+
+
+@register_variant_kind("onnxruntime-fused")
+class OnnxRuntimeFusedFP32(OurQuantized):
+    """ONNX Runtime FP32 with ORT's transformer fusions: the fair FP32 baseline for a fused INT8 graph."""
+
+    requires = ("onnxruntime",)
+    extra = "onnxruntime"
+
+    def build(self, spec, context, folder):
+        from transformers import AutoConfig
+
+        from .backends.onnxruntime import MODEL_FILE, fuse_graph
+
+        plain = VariantSpec(spec.name, "quantized", {"backend": "onnxruntime", "quantize": None})
+        super().build(plain, context, folder)
+        onnx_path = folder / MODEL_FILE
+        fused = fuse_graph(onnx_path, folder / "fused.onnx", AutoConfig.from_pretrained(folder))
+        if fused is None:
+            raise ConfigError(f"ONNX Runtime has no transformer fusions for this architecture ({spec.name}).")
+        (folder / "fused.onnx").replace(onnx_path)
+        recipe = QuantizationRecipe.load(folder)
+        recipe.details.update(graph_fused=True, fused_ops=fused)
+        recipe.save(folder)
+
+
+@register_variant_kind("optimum-ortquantizer")
+class OptimumORTQuantizer(VariantBuilder):
+    """optimum-onnx's `ORTQuantizer` with an `AutoQuantizationConfig` preset (options: preset, per_channel)."""
+
+    requires = ("onnxruntime", "optimum.onnxruntime")
+    extra = "onnxruntime"
+    PRESETS = ("avx512_vnni", "avx512", "avx2", "arm64")
+    QUANTIZED_FILE = "model_quantized.onnx"
+    ORT_CLASSES = {
+        "text-classification": "ORTModelForSequenceClassification",
+        "question-answering": "ORTModelForQuestionAnswering",
+        "token-classification": "ORTModelForTokenClassification",
+        "feature-extraction": "ORTModelForFeatureExtraction",
+        "text-generation": "ORTModelForCausalLM",
+    }
+
+    def build(self, spec, context, folder):
+        import tempfile
+
+        import optimum.onnxruntime as ort
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        preset = spec.options.get("preset", "avx512_vnni")
+        if preset not in self.PRESETS:
+            raise unknown_name("ORTQuantizer preset", preset, self.PRESETS)
+        config = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=spec.options.get("per_channel", False))
+        ort_class = getattr(ort, self.ORT_CLASSES[context.task])
+        with tempfile.TemporaryDirectory() as exported:
+            ort_class.from_pretrained(context.source_dir, export=True).save_pretrained(exported)
+            ort.ORTQuantizer.from_pretrained(exported).quantize(quantization_config=config, save_dir=folder)
+
+    def load(self, spec, folder, task, threads):
+        import optimum.onnxruntime as ort
+
+        ort_class = getattr(ort, self.ORT_CLASSES[task])
+        return ort_class.from_pretrained(folder, file_name=self.QUANTIZED_FILE, session_options=_ort_session_options(threads))
+
+
+def _quantized(backend: str, quantize) -> dict:
+    return {"backend": backend, "quantize": quantize}
+
+
+# Variants by name, in the order a report lists them: FP32 baselines first, then ours, then the peers'.
+NAMED_VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec("pytorch-fp32", "pytorch"),
+        VariantSpec("pytorch-int8-dynamic", "quantized", _quantized("torch", "dynamic")),
+        VariantSpec("ort-fp32", "quantized", _quantized("onnxruntime", None)),
+        VariantSpec("ort-fp32-fused", "onnxruntime-fused"),
+        VariantSpec("ort-int8-dynamic", "quantized", _quantized("onnxruntime", "dynamic")),
+        VariantSpec("ort-int8-static", "quantized", _quantized("onnxruntime", "static")),
+        VariantSpec("optimum-avx512_vnni", "optimum-ortquantizer", {"preset": "avx512_vnni"}),
+        VariantSpec("optimum-avx2", "optimum-ortquantizer", {"preset": "avx2"}),
+    )
+}
+DEFAULT_VARIANTS = tuple(NAMED_VARIANTS)
+DEFAULT_BASELINE = "ort-fp32-fused"
+
+
+def parse_variant(value) -> VariantSpec:
+    """A `VariantSpec` from a spec, its dict, a registered name, or `NAME=BACKEND:QUANTIZE`.
+
+    QUANTIZE is a preset name, `none`, or a path to a JSON file holding a quantization config.
+    """
+    if isinstance(value, VariantSpec):
+        return value
+    if isinstance(value, dict):
+        return VariantSpec.from_dict(value)
+    if value in NAMED_VARIANTS:
+        return NAMED_VARIANTS[value]
+    name, sep, rest = str(value).partition("=")
+    backend, colon, quantize = rest.partition(":")
+    if not (sep and colon and name and backend and quantize):
+        raise ConfigError(
+            f"Unknown variant {value!r}: use one of {', '.join(NAMED_VARIANTS)}, or NAME=BACKEND:QUANTIZE "
+            "(a preset, 'none', or a JSON config file), e.g. mine=onnxruntime:static."
+        )
+    if quantize.endswith(".json"):
+        path = Path(quantize)
+        if not path.is_file():
+            raise ConfigError(f"Variant {name!r}: config file {path} does not exist.")
+        quantize = json.loads(path.read_text(encoding="utf-8"))
+    elif quantize == "none":
+        quantize = None
+    return VariantSpec(name, "quantized", _quantized(backend, quantize))
+
+
+def parse_variants(values) -> list[VariantSpec]:
+    specs = [parse_variant(v) for v in values]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"Variant names must be unique; repeated: {', '.join(duplicates)}.")
+    if not specs:
+        raise ConfigError("Name at least one variant.")
+    return specs
+
+
+def prepare_source(model_path: str, task: str, folder: Path) -> Path:
+    """Save the FP32 task checkpoint every variant is built from.
+
+    A base encoder gets a freshly initialised task head here; saving it once gives every variant the same head.
+    """
+    import torch
+
+    if (Path(model_path) / RECIPE_FILE).is_file():
+        raise ConfigError(f"{model_path} is already quantized: benchmark from the FP32 checkpoint.")
+    torch.manual_seed(0)
+    model = _transformers_class(task).from_pretrained(model_path)
+    model.save_pretrained(folder)
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(folder)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"No tokenizer loads from {model_path}: {err}") from err
+    return folder
+
+
+def build_variant(spec: VariantSpec, context: BuildContext, folder: Path) -> Path:
+    """Build `spec` into `folder` and leave its spec beside it, so another process can load it."""
+    builder = builder_for(spec)
+    builder.check_available()
+    folder.mkdir(parents=True, exist_ok=True)
+    builder.build(spec, context, folder)
+    (folder / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")
+    return folder
+
+
+def load_variant(folder: Path, task: str, threads: int | None = None):
+    """Load a built variant folder (in this process) as a model callable like a transformers model."""
+    folder = Path(folder)
+    spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
+    return builder_for(spec).load(spec, folder, task, threads)
+

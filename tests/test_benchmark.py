@@ -1,0 +1,171 @@
+"""Benchmark and side-by-side runs on tiny models: what they record, not how fast anything is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimum.quantization import ConfigError
+from optimum.quantization.commands.cli import main
+from optimum.quantization.evaluation.benchmark import (
+    BenchmarkConfig,
+    latency_sweep,
+    peak_rss_bytes,
+    percentile,
+    weights_size_bytes,
+)
+from optimum.quantization.evaluation.report import benchmark_markdown, evaluation_markdown, write_reports
+from optimum.quantization.side_by_side import run_benchmark, run_evaluation, speedups
+from optimum.quantization.variants import VariantSpec, parse_variant, parse_variants
+
+from conftest import SENTENCES
+
+QUICK = dict(batch_sizes=(1, 2), sequence_lengths=(8, 32), repeats=3, warmup=1, max_seconds_per_shape=2.0, threads=1)
+
+
+def test_benchmark_config_validates_and_round_trips():
+    config = BenchmarkConfig(**QUICK)
+    assert BenchmarkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == BenchmarkConfig(
+        **{**QUICK, "batch_sizes": [1, 2], "sequence_lengths": [8, 32]}
+    )
+    for bad in ({"batch_sizes": ()}, {"sequence_lengths": (0,)}, {"repeats": 0}, {"threads": 0}):
+        with pytest.raises(ConfigError):
+            BenchmarkConfig(**bad)
+
+
+def test_percentile_is_nearest_rank():
+    times = list(range(1, 101))
+    assert (percentile(times, 50), percentile(times, 90), percentile(times, 99), percentile(times, 100)) == (50, 90, 99, 100)
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_latency_sweep_times_every_shape(tiny_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_dir("text-classification")).eval()
+    rows = latency_sweep(model, model.config.vocab_size, ["input_ids", "attention_mask"], BenchmarkConfig(**QUICK))
+    assert [(r["batch_size"], r["sequence_length"]) for r in rows] == [(1, 8), (1, 32), (2, 8), (2, 32)]
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["calls"] == 3
+        assert row["throughput_per_s"] == pytest.approx(1e3 * row["batch_size"] / row["p50_ms"])
+
+
+def test_weights_size_counts_only_weight_files(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"x" * 1000)
+    (tmp_path / "tokenizer.json").write_bytes(b"x" * 5000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"x" * 10)
+    assert weights_size_bytes(tmp_path) == 1010
+    assert peak_rss_bytes() > 10_000_000  # this process has torch loaded
+    with pytest.raises(ConfigError):
+        weights_size_bytes(tmp_path / "missing")
+
+
+def test_variant_names_and_custom_specs(tmp_path):
+    assert parse_variant("ort-int8-dynamic").options == {"backend": "onnxruntime", "quantize": "dynamic"}
+    assert parse_variant("fp=onnxruntime:none").options["quantize"] is None
+    config_file = tmp_path / "mine.json"
+    config_file.write_text('{"_type": "DynamicQuantConfig", "_data": {"per_channel": false}}', encoding="utf-8")
+    spec = parse_variant(f"mine=onnxruntime:{config_file}")
+    assert spec == VariantSpec("mine", "quantized", {"backend": "onnxruntime", "quantize": json.loads(config_file.read_text())})
+    with pytest.raises(ConfigError, match="Unknown variant 'fastest'"):
+        parse_variant("fastest")
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_variant("x=onnxruntime:missing.json")
+    with pytest.raises(ConfigError, match="unique"):
+        parse_variants(["ort-fp32", "ort-fp32"])
+
+
+def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
+    """Every variant is built and measured in its own process; a variant that cannot be built says why."""
+    result = run_benchmark(
+        str(tiny_dir("large-text-classification")),
+        "text-classification",
+        variants=["pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic", "bad=torch:static"],
+        config=BenchmarkConfig(**{**QUICK, "sequence_lengths": (8, 32, 1024)}),  # 1024 > the model's 128 positions
+    )
+    by_name = {v["name"]: v for v in result["variants"]}
+    assert result["baseline"] == "ort-fp32-fused"
+    assert result["machine"]["cpu"]["isa"] is not None and result["machine"]["threads"] == 1
+    assert "onnxruntime" in result["versions"] and result["config"]["sequence_lengths"] == [8, 32]
+    assert "static" in by_name["bad"]["error"].lower()
+    for name in ("pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"):
+        variant = by_name[name]
+        assert len(variant["latency"]) == 4 and variant["cold_start_s"] > variant["load_s"] > 0
+        # VmHWM of the worker itself: a fresh interpreter with torch, far below the parent's build peak
+        assert 50e6 < variant["peak_rss_bytes"] < 4e9
+    assert by_name["ort-int8-dynamic"]["size_bytes"] < 0.35 * by_name["ort-fp32-fused"]["size_bytes"]
+    ratios = speedups(result, 1, 32)
+    assert ratios["ort-fp32-fused"] == 1.0 and set(ratios) == {"pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"}
+
+    written = write_reports(result, tmp_path / "reports", "tiny")
+    assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(written["json"].read_text())["variants"][0]["name"] == "pytorch-fp32"
+    markdown = written["md"].read_text()
+    assert "ort-int8-dynamic" in markdown and "VNNI" in markdown and "not run" in markdown
+    assert markdown == benchmark_markdown(result)
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["tiny.json", "tiny.md", "tiny.png"]
+
+
+def test_run_benchmark_refuses_bad_requests(tiny_dir):
+    folder = str(tiny_dir("text-classification"))
+    with pytest.raises(ConfigError, match="baseline"):
+        run_benchmark(folder, variants=["ort-fp32"], baseline="pytorch-fp32")
+    with pytest.raises(ConfigError, match="Unknown variant"):
+        run_benchmark(folder, variants=["ort-fp33"])
+    with pytest.raises(ConfigError, match="task"):
+        run_benchmark(folder, task="summarization", variants=["ort-fp32"])
+
+
+def test_run_evaluation_classification_against_labels(tiny_dir):
+    labels = [i % 3 for i in range(len(SENTENCES))]
+    result = run_evaluation(
+        str(tiny_dir("text-classification")),
+        "text-classification",
+        {"texts": SENTENCES, "labels": labels},
+        variants=["pytorch-fp32", "ort-fp32", "ort-int8-dynamic"],
+    )
+    by_name = {v["name"]: v for v in result["variants"]}
+    assert result["baseline"] == "pytorch-fp32" and "agreement" not in by_name["pytorch-fp32"]
+    # The ONNX export of the same weights predicts exactly what PyTorch does.
+    assert by_name["ort-fp32"]["agreement"]["prediction_agreement"] == 1.0
+    assert by_name["ort-fp32"]["metrics"]["accuracy"] == by_name["pytorch-fp32"]["metrics"]["accuracy"]
+    assert 0.5 <= by_name["ort-int8-dynamic"]["agreement"]["prediction_agreement"] <= 1.0
+    assert by_name["ort-int8-dynamic"]["metrics"]["examples"] == len(SENTENCES)
+    markdown = evaluation_markdown(result)
+    assert "Δ accuracy" in markdown and "same prediction" in markdown
+
+
+def test_run_evaluation_causal_lm_perplexity_and_divergence(tiny_dir):
+    text = " ".join(SENTENCES * 3)
+    result = run_evaluation(
+        str(tiny_dir("text-generation")),
+        "text-generation",
+        {"text": text, "texts": SENTENCES[:4], "perplexity": {"max_length": 64, "stride": 32}},
+        variants=["ort-fp32", "ort-int8-dynamic"],
+    )
+    fp32, int8 = result["variants"]
+    assert fp32["metrics"]["perplexity"] > 1 and int8["metrics"]["tokens"] == fp32["metrics"]["tokens"]
+    assert 0 <= int8["agreement"]["kl_divergence"] < 0.05
+
+
+def test_cli_benchmark_and_evaluate(tiny_dir, tmp_path, capsys):
+    folder = str(tiny_dir("text-classification"))
+    code = main([
+        "benchmark", "--model", folder, "--variants", "ort-fp32", "ort-int8-dynamic", "--batch-sizes", "1",
+        "--sequence-lengths", "16", "--repeats", "2", "--warmup", "1", "--threads", "1", "--output-dir", str(tmp_path),
+    ])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Batch 1, sequence 16" in out and "ort-int8-dynamic" in out
+    assert {p.name for p in tmp_path.iterdir()} >= {"benchmark.json", "benchmark.md", "benchmark.png"}
+
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 3}\n" for i, s in enumerate(SENTENCES)), encoding="utf-8")
+    assert main(["evaluate", "--model", folder, "--data", str(data), "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["pytorch-fp32", "ort-int8-dynamic"]
+
+    assert main(["evaluate", "--model", folder, "--data", str(tmp_path / "none.tsv"), "--output-dir", str(tmp_path)]) == 2
+    assert "could not load evaluation data" in capsys.readouterr().err.lower()
