@@ -121,7 +121,9 @@ def evaluate_classification(model, tokenizer, texts: Sequence[str], labels: Sequ
     return {**classification_metrics(predictions, labels), "predictions": predictions.tolist()}
 
 
-def answer_questions(model, tokenizer, examples: Sequence[dict], max_seq_len: int = 384, doc_stride: int = 128) -> list[str]:
+def answer_questions(
+    model, tokenizer, examples: Sequence[dict], max_seq_len: int = 384, doc_stride: int = 128, max_answer_len: int = 30
+) -> list[str]:
     """Extractive answers for `examples` (dicts with `question` and `context`), via transformers' QA pipeline.
 
     The pipeline does the windowing over long contexts and the span search: it is the post-processing users get.
@@ -132,7 +134,11 @@ def answer_questions(model, tokenizer, examples: Sequence[dict], max_seq_len: in
     answers = []
     for example in examples:
         result = answerer(
-            question=example["question"], context=example["context"], max_seq_len=max_seq_len, doc_stride=doc_stride
+            question=example["question"],
+            context=example["context"],
+            max_seq_len=max_seq_len,
+            doc_stride=doc_stride,
+            max_answer_len=max_answer_len,  # run_qa's default; the pipeline's 15 cuts long answers
         )
         answers.append(result["answer"])
     return answers

@@ -1,0 +1,108 @@
+"""Accuracy of every INT8 variant against FP32 on real fine-tuned models (seeds 000/001/002/004).
+
+    .venv/bin/python benchmarks/accuracy.py sst2     # MiniLM fine-tuned on SST-2: dev accuracy/F1 + agreement
+    .venv/bin/python benchmarks/accuracy.py squad    # MiniLM fine-tuned on 40 SQuAD articles: EM/F1 on the other 8
+
+The fine-tuned checkpoints come from finetune.py (trained once, cached under ~/.cache/optimum-quantization).
+SST-2 agreement runs on train sentences the classifier never saw: agreement resolves far smaller differences
+than accuracy on 872 sentences. Writes benchmarks/results/{sst2,squad}_accuracy.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import finetune
+from optimum.quantization.evaluation.report import evaluation_markdown, write_reports
+from optimum.quantization.side_by_side import run_evaluation
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = [
+    "pytorch-fp32",
+    "ort-fp32",
+    "ort-int8-dynamic",
+    "ort-int8-static",
+    "pytorch-int8-dynamic",
+    "optimum-avx2",
+    "optimum-avx512_vnni",
+]
+AGREEMENT_SENTENCES = 5000
+
+
+def unseen_train_sentences(count: int) -> list[str]:
+    """SST-2 train sentences outside the fine-tuning subset, in a fixed random order."""
+    sentences, _ = finetune.load_sst2("train")
+    seen = set(finetune.sst2_training_subset(finetune.Sst2Recipe())[0])
+    unseen = [s for s in dict.fromkeys(sentences) if s not in seen and len(s.split()) >= 4]
+    random.Random(0).shuffle(unseen)
+    return unseen[:count]
+
+
+def calibration_file(lines: list[str], suffix: str) -> Path:
+    """A calibration file that lives as long as this process (static variants read it while building)."""
+    with tempfile.NamedTemporaryFile("w", suffix=suffix, delete=False, encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    atexit.register(os.unlink, file.name)
+    return Path(file.name)
+
+
+def sst2(variants, threads: int | None) -> dict:
+    model = finetune.sst2_classifier()
+    dev_texts, dev_labels = finetune.load_sst2("dev")
+    calibration_texts = unseen_train_sentences(AGREEMENT_SENTENCES + 128)[AGREEMENT_SENTENCES:]
+    calibration = calibration_file(calibration_texts, ".txt")
+    labelled = run_evaluation(
+        str(model), "text-classification", {"texts": dev_texts, "labels": dev_labels}, variants,
+        baseline="pytorch-fp32", calibration_data=calibration, threads=threads,
+        data_description="GLUE SST-2 dev (872 sentences)",
+    )
+    unlabelled = run_evaluation(
+        str(model), "text-classification", {"texts": unseen_train_sentences(AGREEMENT_SENTENCES), "labels": None},
+        variants, baseline="pytorch-fp32", calibration_data=calibration, threads=threads,
+        data_description=f"{AGREEMENT_SENTENCES} SST-2 train sentences unseen in fine-tuning (agreement only)",
+    )
+    for row, other in zip(labelled["variants"], unlabelled["variants"]):
+        if "agreement" in other:
+            row["agreement_large_unlabelled"] = other["agreement"]
+    labelled["unlabelled_agreement"] = unlabelled
+    return labelled
+
+
+def squad(variants, threads: int | None, limit: int | None) -> dict:
+    model = finetune.squad_qa_model()
+    examples = finetune.load_squad_examples("heldout")[:limit]
+    train_questions = [(e["question"], e["context"]) for e in finetune.load_squad_examples("train")]
+    random.Random(0).shuffle(train_questions)
+    calibration = calibration_file([json.dumps({"question": q, "context": c}) for q, c in train_questions[:128]], ".jsonl")
+    return run_evaluation(
+        str(model), "question-answering", {"examples": examples}, variants, baseline="pytorch-fp32",
+        calibration_data=calibration, threads=threads,
+        data_description=f"SQuAD v1.1 dev, {len(examples)} questions of the 8 held-out articles",
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark", choices=("sst2", "squad"))
+    parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, help="SQuAD: first N held-out questions only")
+    args = parser.parse_args()
+    if args.benchmark == "sst2":
+        result = sst2(args.variants, args.threads)
+    else:
+        result = squad(args.variants, args.threads, args.limit)
+    write_reports(result, RESULTS, f"{args.benchmark}_accuracy")
+    print(evaluation_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
