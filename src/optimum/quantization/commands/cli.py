@@ -7,17 +7,19 @@ import logging
 import sys
 
 from ..errors import QuantizationError
+from .push import add_push_arguments, run_push
 from .quantize import add_quantize_arguments, run_quantize
 
 # Subcommand name -> (add arguments, run). `quantize` is the default when no subcommand is named.
-SUBCOMMANDS = {"quantize": (add_quantize_arguments, run_quantize)}
+SUBCOMMANDS = {"quantize": (add_quantize_arguments, run_quantize), "push": (add_push_arguments, run_push)}
 DEFAULT_SUBCOMMAND = "quantize"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimum-quantize",
-        description="Quantize a transformers model to INT8 and report FP32 vs INT8 speed, size and agreement.",
+        description="Quantize a transformers model to INT8 and report FP32 vs INT8 speed, size and agreement "
+        "(`quantize`, the default), or publish a saved quantized model to the Hub (`push`).",
     )
     subparsers = parser.add_subparsers(dest="command")
     for name, (add_arguments, run) in SUBCOMMANDS.items():
