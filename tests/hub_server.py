@@ -57,6 +57,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.fail: dict = {}  # endpoint name ("create", "commit", "resolve", ...) -> status or (status, error code)
+        self.echo_authorization = False  # a misbehaving server that quotes the Authorization header in its errors
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -130,6 +131,8 @@ def _handler_for(hub: FakeHub):
             headers = dict(headers or {})
             if code:
                 headers["X-Error-Code"] = code
+            if hub.echo_authorization:
+                message += f" (you sent: {self.headers.get('Authorization')})"
             headers["X-Error-Message"] = message
             self._json(status, {"error": message}, headers)
 

@@ -100,6 +100,12 @@ def _never_quantize(monkeypatch, backend: str) -> None:
     monkeypatch.setattr(type(get_backend(backend)), "quantize", refuse)
 
 
+def _log_everything(caplog) -> None:
+    # optimum and huggingface_hub give their loggers their own levels (WARNING): lower those too.
+    for name in (None, "optimum", "optimum.quantization", "huggingface_hub", "transformers"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
 def _assert_no_token_shown(capsys, caplog, *texts) -> None:
     out, err = capsys.readouterr()
     for token in (TOKEN, WRONG_TOKEN):
@@ -117,7 +123,7 @@ def _saved_files(folder) -> dict[str, bytes]:
 def test_onnxruntime_model_is_pushed_in_one_commit_and_loads_back_identical(
     hub, ort_model, tokenizer, tmp_path, monkeypatch, capsys, caplog
 ):
-    caplog.set_level(logging.DEBUG)
+    _log_everything(caplog)
     expected = logits(ort_model, tokenizer)
     info = ort_model.push_to_hub("org/tiny-int8", token=TOKEN)
 
@@ -271,10 +277,12 @@ def _closed_port_url() -> str:
         ("server error during commit (500)", HubError, "HTTP 500 while pushing to org/failing.*No file was published"),
         ("repository gone (404)", ModelNotFoundError, "Repository org/failing was not found"),
         ("connection refused", HubError, "Could not reach the Hub at http://127.0.0.1:.*ConnectionError"),
+        ("server quotes the token in its error (500)", HubError, "HTTP 500 .*you sent: Bearer <token>"),
+        ("offline mode", HubError, "HF_HUB_OFFLINE is set"),
     ],
 )
 def test_failed_push_publishes_nothing_and_shows_no_token(hub, ort_model, monkeypatch, capsys, caplog, case, error, message):
-    caplog.set_level(logging.DEBUG)
+    _log_everything(caplog)
     token = {"no token": None, "wrong token (401)": WRONG_TOKEN}.get(case, TOKEN)
     if case == "server error during commit (500)":
         hub.fail["commit"] = 500
@@ -282,13 +290,17 @@ def test_failed_push_publishes_nothing_and_shows_no_token(hub, ort_model, monkey
         hub.fail["preupload"] = (404, "RepoNotFound")
     elif case == "connection refused":
         _point_huggingface_hub_at(monkeypatch, _closed_port_url())
+    elif case == "server quotes the token in its error (500)":
+        hub.fail["preupload"], hub.echo_authorization = 500, True
+    elif case == "offline mode":
+        _point_huggingface_hub_at(monkeypatch, hub.url, offline=True)
 
     with pytest.raises(error, match=message) as raised:
         ort_model.push_to_hub("org/failing", token=token)
 
     assert hub.files("org/failing") in ({}, INITIAL_FILES)  # no repo, or the empty one create_repo made
-    if case == "no token":
-        assert hub.requests == []  # refused before any network call
+    if case in ("no token", "offline mode"):
+        assert hub.requests == []  # refused before any request reached the server
     if case == "server error during commit (500)":
         assert len(hub.called("commit")) == 1  # it did reach the commit, which failed whole
     _assert_no_token_shown(capsys, caplog, str(raised.value), repr(raised.value))
