@@ -24,9 +24,14 @@ from hub_server import INITIAL_FILES, FakeHub
 from huggingface_hub import HfApi, ModelCard, constants, file_download, hf_hub_url, metadata_load
 from huggingface_hub.utils import reset_sessions
 
-from optimum.quantization import ConfigError, ModelNotFoundError, QuantModelForSequenceClassification
+from optimum.quantization import (
+    ConfigError,
+    HubAuthenticationError,
+    HubError,
+    ModelNotFoundError,
+    QuantModelForSequenceClassification,
+)
 from optimum.quantization.commands.cli import main
-from optimum.quantization.errors import HubAuthenticationError, HubError
 from optimum.quantization.hub import build_model_card, download_quantized_model, push_folder_to_hub
 from optimum.quantization.hub.card import LOADING_CLASSES
 from optimum.quantization.modeling import QUANT_MODEL_CLASSES
@@ -335,7 +340,7 @@ def test_cli_push_refuses_a_folder_that_is_not_quantized(hub, tiny_dir, monkeypa
     assert hub.requests == []
 
 
-@pytest.mark.parametrize("token, code", [(TOKEN, 0), (WRONG_TOKEN, 2)])
+@pytest.mark.parametrize("token, code", [(TOKEN, 0), (WRONG_TOKEN, 2)], ids=["valid-token", "wrong-token"])
 def test_cli_push_in_a_fresh_process_follows_hf_endpoint(hub, ort_model, tmp_path, token, code):
     ort_model.save_pretrained(tmp_path / "saved")
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": token, "HF_HOME": str(tmp_path / "home")}

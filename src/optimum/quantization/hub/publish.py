@@ -10,7 +10,7 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, fi
 
 from ..errors import ConfigError, HubAuthenticationError, ModelNotFoundError
 from ..recipe import RECIPE_FILE, find_recipe
-from .card import CARD_FILE, model_card_for_folder
+from .card import CARD_FILE, method_name, model_card_for_folder
 from .failures import hub_errors, redact
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ def push_folder_to_hub(
         *folder_additions(folder, path_in_repo),
         CommitOperationAdd(path_in_repo=_in_repo(path_in_repo, CARD_FILE), path_or_fileobj=str(card).encode("utf-8")),
     ]
-    method = recipe.quantization and type(recipe.quantization).__name__
-    message = commit_message or f"Upload {recipe.task} model quantized by optimum-quantization ({recipe.backend}, {method or 'FP32'})"
+    method = method_name(recipe) or "not quantized"
+    message = commit_message or f"Upload {recipe.task} model saved by optimum-quantization ({recipe.backend}, {method})"
     api = HfApi()
     with hub_errors("pushing to", repo_id, token=token, revision=revision, aftermath=NOTHING_PUBLISHED):
         try:
