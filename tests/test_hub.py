@@ -284,6 +284,7 @@ def _closed_port_url() -> str:
         ("connection refused", HubError, "Could not reach the Hub at http://127.0.0.1:.*ConnectionError"),
         ("server quotes the token in its error (500)", HubError, "HTTP 500 .*you sent: Bearer <token>"),
         ("offline mode", HubError, "HF_HUB_OFFLINE is set"),
+        ("no write access (403)", HubAuthenticationError, r"403 Forbidden.*write access"),
     ],
 )
 def test_failed_push_publishes_nothing_and_shows_no_token(hub, ort_model, monkeypatch, capsys, caplog, case, error, message):
@@ -297,6 +298,8 @@ def test_failed_push_publishes_nothing_and_shows_no_token(hub, ort_model, monkey
         _point_huggingface_hub_at(monkeypatch, _closed_port_url())
     elif case == "server quotes the token in its error (500)":
         hub.fail["preupload"], hub.echo_authorization = 500, True
+    elif case == "no write access (403)":
+        hub.fail["create"] = 403  # huggingface_hub then checks the repo exists (404) and re-raises the 403
     elif case == "offline mode":
         _point_huggingface_hub_at(monkeypatch, hub.url, offline=True)
 

@@ -171,7 +171,8 @@ class _QuantModel:
         """Load a quantized model, or export and quantize a transformers checkpoint.
 
         Args:
-            model_id_or_path: a local folder or a Hub id.
+            model_id_or_path: a local folder or a Hub id. A Hub repo holding `quantization_config.json` (published
+                with `push_to_hub`) loads as saved; `revision`, `subfolder`, `token` and `cache_dir` apply.
             export: export the PyTorch checkpoint (default when the folder holds no quantized model).
             backend: a registered backend name (default "onnxruntime"); see `available_backends()`.
             quantize: None (FP32 export), a preset ("dynamic", "static", "int8"), a config object or its dict.
