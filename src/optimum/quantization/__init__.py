@@ -28,6 +28,8 @@ _EXPORTS = {
     "BackendUnavailableError": "errors",
     "ModelNotFoundError": "errors",
     "UnsupportedModelError": "errors",
+    "HubError": "errors",
+    "HubAuthenticationError": "errors",
     "cpu_info": "hardware",
 }
 

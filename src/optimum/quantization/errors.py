@@ -21,6 +21,14 @@ class UnsupportedModelError(QuantizationError, ValueError):
     """The model type or task is not supported by the exporter or the backend."""
 
 
+class HubError(QuantizationError, OSError):
+    """Talking to the Hugging Face Hub failed: network, server error, missing repository or revision."""
+
+
+class HubAuthenticationError(HubError):
+    """No Hugging Face token was found, or the Hub rejected it (401/403). The token is never shown."""
+
+
 def unknown_name(kind: str, name: object, valid) -> ConfigError:
     """Build the error for an unknown name, listing the valid ones."""
     choices = ", ".join(repr(v) for v in sorted(valid))

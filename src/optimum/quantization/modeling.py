@@ -46,6 +46,14 @@ def _local_folder(model_id: str | os.PathLike, subfolder: str) -> Path | None:
     return None
 
 
+def _published_quantized_folder(repo_id: str, subfolder: str, revision, token, cache_dir) -> Path | None:
+    """The cached snapshot folder of a quantized model published at `repo_id`; None for any other repo."""
+    from .hub import download_quantized_model  # huggingface_hub is only imported when a Hub id is given
+
+    snapshot = download_quantized_model(repo_id, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir)
+    return None if snapshot is None else _local_folder(snapshot, "")
+
+
 def _load_model_config(model_id: str, hub_kwargs: dict):
     from transformers import AutoConfig
 
@@ -93,17 +101,21 @@ def load_or_quantize(
 ):
     """Load a saved quantized model, or export + quantize a transformers checkpoint for `task`."""
     folder = _local_folder(model_id_or_path, subfolder)
+    where = folder
+    if folder is None:  # a Hub id: a published quantized model loads as saved, any other repo is exported below
+        folder = _published_quantized_folder(str(model_id_or_path), subfolder, revision, token, cache_dir)
+        where = model_id_or_path
     recipe = find_recipe(folder) if folder is not None else None
     if recipe is not None:
         if quantize is not None or export:
             raise ConfigError(
-                f"{folder} already holds a model quantized by optimum-quantization ({RECIPE_FILE}); load it "
+                f"{where} already holds a model quantized by optimum-quantization ({RECIPE_FILE}); load it "
                 "without `quantize=`/`export=`, or start again from the FP32 checkpoint."
             )
         if backend is not None and backend != recipe.backend:
-            raise ConfigError(f"{folder} was saved by backend {recipe.backend!r}, not {backend!r}.")
+            raise ConfigError(f"{where} was saved by backend {recipe.backend!r}, not {backend!r}.")
         if recipe.task != task:
-            raise ConfigError(f"{folder} holds a {recipe.task!r} model; load it with the class for that task.")
+            raise ConfigError(f"{where} holds a {recipe.task!r} model; load it with the class for that task.")
         model = get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
         # Keep the saved tokenizer with the model, so saving a reloaded model writes a complete folder again.
         saved_tokenizer = tokenizer or _load_tokenizer(str(folder), {}, required=False)
@@ -120,7 +132,8 @@ def load_or_quantize(
     quant_backend = get_backend(backend or DEFAULT_BACKEND)
     quant_backend.check_supports(task, config)
 
-    source = str(folder) if folder is not None else str(model_id_or_path)
+    # A local source is recorded absolute, so the recipe never mistakes a folder name for a Hub id (model card).
+    source = str(folder.resolve()) if folder is not None else str(model_id_or_path)
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
     needs_calibration = config is not None and config.requires_calibration
@@ -158,7 +171,8 @@ class _QuantModel:
         """Load a quantized model, or export and quantize a transformers checkpoint.
 
         Args:
-            model_id_or_path: a local folder or a Hub id.
+            model_id_or_path: a local folder or a Hub id. A Hub repo holding `quantization_config.json` (published
+                with `push_to_hub`) loads as saved; `revision`, `subfolder`, `token` and `cache_dir` apply.
             export: export the PyTorch checkpoint (default when the folder holds no quantized model).
             backend: a registered backend name (default "onnxruntime"); see `available_backends()`.
             quantize: None (FP32 export), a preset ("dynamic", "static", "int8"), a config object or its dict.

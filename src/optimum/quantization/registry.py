@@ -76,6 +76,12 @@ def get_backend(name: str):
     return _LOADED[name]()
 
 
+def pip_install_target(name: str) -> str:
+    """What to `pip install` to run backend `name`: the package, with the backend's extra when it has one."""
+    entry = _REGISTRY.get(name)
+    return f"optimum-quantization[{entry.extra}]" if entry is not None and entry.extra else "optimum-quantization"
+
+
 def registered_backends() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -15,6 +16,9 @@ from ..files import atomic_output_dir
 from ..recipe import QuantizationRecipe
 
 logger = logging.getLogger(__name__)
+
+# save_pretrained(push_to_hub=True, ...) options passed on to the push.
+HUB_PUSH_OPTIONS = ("private", "token", "commit_message", "revision")
 
 
 @dataclass
@@ -79,20 +83,47 @@ class QuantizedModelMixin:
         """Hook: write the runtime's files (weights, graph, config) into `directory`."""
         super().save_pretrained(directory)
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """Write the model, its config, its tokenizer and `quantization_config.json`.
 
         The folder is built beside `save_directory` and moved into place at the end, so a failure
-        leaves an existing folder as it was.
+        leaves an existing folder as it was. With `push_to_hub=True` the saved folder is then published
+        (transformers' convention: `repo_id` defaults to the folder's name; `private`, `token`,
+        `commit_message`, `revision` as in `push_to_hub`).
         """
-        if kwargs.get("push_to_hub"):
-            raise NotImplementedError("push_to_hub from save_pretrained is not supported yet; save, then upload the folder.")
         with atomic_output_dir(save_directory) as staging:
             self._save_model_files(staging)
             for preprocessor in self.quantization_preprocessors:
                 preprocessor.save_pretrained(staging)
             self.quantization_recipe.save(staging)
+        if push_to_hub:
+            from ..hub import push_folder_to_hub  # huggingface_hub is only imported by those who publish
+
+            repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
+            push_folder_to_hub(save_directory, repo_id, **{k: kwargs[k] for k in HUB_PUSH_OPTIONS if k in kwargs})
         return str(save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+    ):
+        """Publish this model to the Hub as one commit: every saved file plus a model card built from its recipe.
+
+        Returns huggingface_hub's `CommitInfo`. A failure publishes nothing (the commit is all-or-nothing).
+        """
+        from ..hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="optimum-quantization-push-") as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder)
+            return push_folder_to_hub(
+                folder, repo_id, private=private, token=token, commit_message=commit_message, revision=revision
+            )
 
 
 def matches_any(name: str, patterns: Sequence[str]) -> str | None:

@@ -8,6 +8,7 @@ import sys
 
 from ..errors import QuantizationError
 from .benchmark import add_benchmark_arguments, add_evaluate_arguments, run_benchmark_command, run_evaluate_command
+from .push import add_push_arguments, run_push
 from .quantize import add_quantize_arguments, run_quantize
 
 # Subcommand name -> (add arguments, run). `quantize` is the default when no subcommand is named.
@@ -15,6 +16,7 @@ SUBCOMMANDS = {
     "quantize": (add_quantize_arguments, run_quantize),
     "benchmark": (add_benchmark_arguments, run_benchmark_command),
     "evaluate": (add_evaluate_arguments, run_evaluate_command),
+    "push": (add_push_arguments, run_push),
 }
 DEFAULT_SUBCOMMAND = "quantize"
 
@@ -22,7 +24,8 @@ DEFAULT_SUBCOMMAND = "quantize"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="optimum-quantize",
-        description="Quantize a transformers model to INT8 and report FP32 vs INT8 speed, size and agreement.",
+        description="Quantize a transformers model to INT8 and report FP32 vs INT8 speed, size and agreement "
+        "(`quantize`, the default), or publish a saved quantized model to the Hub (`push`).",
     )
     subparsers = parser.add_subparsers(dest="command")
     for name, (add_arguments, run) in SUBCOMMANDS.items():
