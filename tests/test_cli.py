@@ -30,6 +30,10 @@ def test_quantize_static_from_a_text_file_and_report(tiny_dir, tmp_path, capsys)
     assert "latency p50" in printed and "model file (MB)" in printed and "top-1 agreement" in printed
     data = json.loads(report.read_text())
     assert data["agreement"]["examples"] == 64 and data["cpu"]["model"]
+    # The measured comparison is saved in the recipe, where a published model card reads it.
+    speedup = data["fp32"]["latency_ms"]["p50"] / data["int8"]["latency_ms"]["p50"]
+    assert recipe.metrics["speedup_vs_fp32_p50"] == pytest.approx(speedup, rel=1e-2)
+    assert recipe.metrics["top1_agreement_vs_fp32"] == pytest.approx(data["agreement"]["top1_agreement"], abs=1e-4)
 
 
 def test_explicit_quantize_subcommand_and_torch_backend(tiny_dir, tmp_path):

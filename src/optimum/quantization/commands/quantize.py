@@ -92,6 +92,23 @@ def compare_with_fp32(model_path: str, task: str, backend: str, method: str, qua
     }
 
 
+def recipe_metrics(report: dict) -> dict:
+    """The FP32-vs-INT8 comparison as flat numbers for the recipe's `metrics`."""
+    fp32, int8, agreement = report["fp32"], report["int8"], report["agreement"]
+    metrics = {
+        "measured_on": f"{agreement['examples']} shipped SST-2 sentences, batch 1",
+        "speedup_vs_fp32_p50": round(fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"], 3),
+        "latency_p50_ms_fp32": round(fp32["latency_ms"]["p50"], 3),
+        "latency_p50_ms_int8": round(int8["latency_ms"]["p50"], 3),
+        "output_cosine_vs_fp32": round(agreement["cosine_mean"], 5),
+    }
+    if fp32["size_bytes"]:
+        metrics["size_ratio_vs_fp32"] = round(int8["size_bytes"] / fp32["size_bytes"], 4)
+    if agreement["top1_agreement"] is not None:
+        metrics["top1_agreement_vs_fp32"] = round(agreement["top1_agreement"], 5)
+    return metrics
+
+
 def run_quantize(args) -> int:
     """Quantize a model (default: the shipped MiniLM), save it and compare it with FP32."""
     from transformers import AutoTokenizer
@@ -110,13 +127,14 @@ def run_quantize(args) -> int:
         model_path, backend=args.backend, quantize=config, calibration_dataset=args.calibration_data,
         text_column=args.text_column,
     )
+    if config is not None and not args.no_compare:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        report = compare_with_fp32(model_path, task, args.backend, args.method, model, tokenizer)
+        print_report(report)
+        # Saved with the model: the recipe (and a published model card) then says what INT8 cost here.
+        model.quantization_recipe.metrics.update(recipe_metrics(report))
+        if args.report:
+            Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
     model.save_pretrained(output)
     print(f"Saved to {output} (recipe in {output / 'quantization_config.json'}).")
-    if config is None or args.no_compare:
-        return 0
-    tokenizer = AutoTokenizer.from_pretrained(output)
-    report = compare_with_fp32(model_path, task, args.backend, args.method, model, tokenizer)
-    print_report(report)
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
