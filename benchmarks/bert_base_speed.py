@@ -50,14 +50,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--name", default="bert_base_speed")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh-process rounds per variant (medians)")
     args = parser.parse_args()
     config = BenchmarkConfig(
         batch_sizes=(1,) if args.quick else (1, 4),
         sequence_lengths=(32, 128) if args.quick else (8, 16, 32, 64, 128, 256, 512),
         repeats=20,
-        warmup=3,
-        max_seconds_per_shape=4.0,
+        warmup=2,
+        max_seconds_per_shape=3.0,
         threads=args.threads,
+        rounds=args.rounds,
     )
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = bert_base_checkpoint(Path(tmp) / "bert-base")

@@ -29,7 +29,7 @@ def test_benchmark_config_validates_and_round_trips():
     assert BenchmarkConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == BenchmarkConfig(
         **{**QUICK, "batch_sizes": [1, 2], "sequence_lengths": [8, 32]}
     )
-    for bad in ({"batch_sizes": ()}, {"sequence_lengths": (0,)}, {"repeats": 0}, {"threads": 0}):
+    for bad in ({"batch_sizes": ()}, {"sequence_lengths": (0,)}, {"repeats": 0}, {"threads": 0}, {"rounds": 0}):
         with pytest.raises(ConfigError):
             BenchmarkConfig(**bad)
 
@@ -106,6 +106,28 @@ def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
     assert "ort-int8-dynamic" in markdown and "VNNI" in markdown and "not run" in markdown
     assert markdown == benchmark_markdown(result)
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["tiny.json", "tiny.md", "tiny.png"]
+
+
+def test_merge_rounds_takes_medians_per_shape():
+    from optimum.quantization.side_by_side import merge_rounds
+
+    def measured(p50, cold):
+        row = {"batch_size": 2, "sequence_length": 8, "p50_ms": p50, "p90_ms": p50 + 1, "p99_ms": p50 + 2,
+               "mean_ms": p50, "calls": 5, "throughput_per_s": 0}
+        return {"load_s": 1.0, "cold_start_s": cold, "cold_start_shape": [1, 8], "peak_rss_bytes": 100, "latency": [row]}
+
+    merged = merge_rounds([measured(10.0, 3.0), measured(30.0, 1.0), measured(12.0, 2.0)])
+    assert merged["rounds"] == 3 and merged["cold_start_s"] == 2.0
+    row = merged["latency"][0]
+    assert (row["p50_ms"], row["p99_ms"], row["calls"]) == (12.0, 14.0, 15)
+    assert row["throughput_per_s"] == pytest.approx(2e3 / 12.0)
+
+
+def test_run_benchmark_rounds_measure_each_variant_again(tiny_dir):
+    config = BenchmarkConfig(**{**QUICK, "batch_sizes": (1,), "sequence_lengths": (8,), "rounds": 2})
+    result = run_benchmark(str(tiny_dir("text-classification")), variants=["ort-fp32", "ort-int8-dynamic"], config=config)
+    assert [v["rounds"] for v in result["variants"]] == [2, 2]
+    assert result["variants"][0]["latency"][0]["calls"] == 6  # 3 timed calls in each of 2 fresh processes
 
 
 def test_run_benchmark_refuses_bad_requests(tiny_dir):

@@ -160,6 +160,24 @@ def _worker(job_path: str, output_path: str) -> None:
     Path(output_path).write_text(json.dumps(result), encoding="utf-8")
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One measurement from several rounds of the same variant: the median of every number, per shape."""
+    import statistics
+
+    if len(rounds) == 1:
+        return {**rounds[0], "rounds": 1}
+    merged = {key: statistics.median(r[key] for r in rounds) for key in ("load_s", "cold_start_s", "peak_rss_bytes")}
+    latency = []
+    for shape_rows in zip(*(r["latency"] for r in rounds)):
+        row = dict(shape_rows[0])
+        for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+            row[key] = statistics.median(r[key] for r in shape_rows)
+        row["calls"] = sum(r["calls"] for r in shape_rows)
+        row["throughput_per_s"] = 1e3 * row["batch_size"] / row["p50_ms"]
+        latency.append(row)
+    return {**merged, "cold_start_shape": rounds[0]["cold_start_shape"], "latency": latency, "rounds": len(rounds)}
+
+
 def run_benchmark(
     model_path: str,
     task: str = "text-classification",
@@ -182,19 +200,32 @@ def run_benchmark(
         built = build_all(model_path, task, specs, Path(tmp), calibration_data)
         vocab_size, input_names, max_positions = _input_signature(Path(tmp) / "source")
         config = _fit_to_model(config, max_positions)
-        rows = []
-        for spec in _progress(specs, "measuring variants"):
-            row = {"name": spec.name, "spec": spec.to_dict()}
-            folder = built[spec.name]
-            if isinstance(folder, str):
-                rows.append({**row, "error": folder})
+        measurements: dict[str, list[dict]] = {spec.name: [] for spec in specs}
+        errors = {name: folder for name, folder in built.items() if isinstance(folder, str)}
+        # Round-robin over the variants, in reversed order every other round: a load change on a shared
+        # machine then falls on every variant alike instead of on whichever happened to run last.
+        schedule = [
+            spec
+            for round_index in range(config.rounds)
+            for spec in (specs if round_index % 2 == 0 else specs[::-1])
+            if spec.name not in errors
+        ]
+        for spec in _progress(schedule, "measuring variants"):
+            if spec.name in errors:  # failed in an earlier round
                 continue
             try:
-                measured = measure_in_fresh_process(folder, task, config, vocab_size, input_names)
+                measurements[spec.name].append(
+                    measure_in_fresh_process(built[spec.name], task, config, vocab_size, input_names)
+                )
             except (QuantizationError, subprocess.TimeoutExpired) as err:
-                rows.append({**row, "error": str(err)})
-                continue
-            rows.append({**row, "size_bytes": weights_size_bytes(folder), **measured})
+                errors[spec.name] = str(err)
+        rows = []
+        for spec in specs:
+            row = {"name": spec.name, "spec": spec.to_dict()}
+            if spec.name in errors:
+                rows.append({**row, "error": errors[spec.name]})
+            else:
+                rows.append({**row, "size_bytes": weights_size_bytes(built[spec.name]), **merge_rounds(measurements[spec.name])})
     return {
         "kind": "benchmark",
         "model": str(model_path),

@@ -40,6 +40,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="Timed calls per shape (default: 20).")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed calls per shape first (default: 3).")
     parser.add_argument("--max-seconds-per-shape", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=1, help="Fresh-process measurements per variant, taken "
+                        "round-robin; the report gives their medians (default: 1).")
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +76,7 @@ def run_benchmark_command(args) -> int:
         warmup=args.warmup,
         max_seconds_per_shape=args.max_seconds_per_shape,
         threads=args.threads,
+        rounds=args.rounds,
     )
     result = run_benchmark(
         _model_path(args), normalize_task(args.task), args.variants, args.baseline, config, args.calibration_data

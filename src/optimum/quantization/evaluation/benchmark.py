@@ -34,14 +34,15 @@ class BenchmarkConfig:
     min_repeats: int = 3
     threads: int | None = None  # None: the runtime's default (all cores)
     seed: int = 0
+    rounds: int = 1  # fresh-process measurements per variant, round-robin; numbers are their medians
 
     def __post_init__(self):
         if not self.batch_sizes or not self.sequence_lengths:
             raise ConfigError("A benchmark needs at least one batch size and one sequence length.")
         if min(self.batch_sizes) < 1 or min(self.sequence_lengths) < 1:
             raise ConfigError("Batch sizes and sequence lengths must be positive.")
-        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0:
-            raise ConfigError("repeats and min_repeats must be >= 1 and warmup >= 0.")
+        if self.repeats < 1 or self.min_repeats < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ConfigError("repeats, min_repeats and rounds must be >= 1, and warmup >= 0.")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be a positive number, not {self.threads}.")
 
