@@ -83,13 +83,17 @@ def evaluation_markdown(result: dict) -> str:
             lines.append(f"| {v['name']} | not run: {v['error']} |" + " |" * (len(header) - 2))
             continue
         values = [_fmt(v["metrics"].get(m), ".3f" if "perplexity" in m else ".2f") for m in metric_names]
-        deltas = [
-            _fmt(v["metrics"][m] - baseline["metrics"][m], "+.3f" if "perplexity" in m else "+.2f") if baseline else "–"
-            for m in metric_names
-        ]
+        deltas = [_delta(v["metrics"][m], baseline["metrics"][m], m) if baseline else "–" for m in metric_names]
         agreement = v.get("agreement")
         lines.append(f"| {v['name']} | " + " | ".join([*values, *deltas, _format_agreement(agreement)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _delta(value: float, reference: float, metric: str) -> str:
+    if "perplexity" in metric:  # a perplexity budget is relative ("within +3%")
+        relative = f" ({100 * (value / reference - 1):+.1f}%)" if reference else ""
+        return f"{value - reference:+.3f}{relative}"
+    return f"{value - reference:+.2f}"
 
 
 def _format_agreement(agreement: dict | None) -> str:
