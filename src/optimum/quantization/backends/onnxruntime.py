@@ -127,6 +127,17 @@ class OnnxRuntimeBackend(Backend):
         "text-generation": ORTQuantModelForCausalLM,
     }
 
+    def check_supports(self, task, config) -> None:
+        super().check_supports(task, config)
+        if isinstance(config, WeightOnlyQuantConfig):  # checked before the export, which takes a while
+            unsupported = [op for op in config.op_types or () if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
+            if unsupported:
+                supported = ", ".join(f"{op} ({'/'.join(map(str, b))}-bit)" for op, b in WEIGHT_ONLY_SUPPORTED_OPS.items())
+                raise ConfigError(
+                    f"Weight-only {config.bits}-bit quantization cannot handle op type(s) {unsupported}; "
+                    f"ONNX Runtime's MatMulNBits quantizer supports {supported}."
+                )
+
     def quantize(self, request: QuantizationRequest):
         work = tempfile.TemporaryDirectory(prefix="optimum-quantization-")
         work_dir = Path(work.name)
@@ -250,13 +261,6 @@ class OnnxRuntimeBackend(Backend):
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         op_types = config.op_types or WEIGHT_ONLY_OP_TYPES
-        unsupported = [op for op in op_types if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
-        if unsupported:
-            supported = ", ".join(f"{op} ({'/'.join(map(str, bits))}-bit)" for op, bits in WEIGHT_ONLY_SUPPORTED_OPS.items())
-            raise ConfigError(
-                f"Weight-only {config.bits}-bit quantization cannot handle op type(s) {unsupported}; "
-                f"ONNX Runtime's MatMulNBits quantizer supports {supported}."
-            )
         model = onnx.load(str(src))
         # Exclusions are matched on the exported names, before Gemms are renamed "<name>_MatMul" below.
         nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
