@@ -20,7 +20,7 @@ from optimum.onnxruntime import (
 
 from ..calibration import tokenize_examples
 from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
-from ..errors import ConfigError
+from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info
@@ -258,7 +258,13 @@ class OnnxRuntimeBackend(Backend):
     def _quantize_weight_only(self, src: Path, dst: Path, config: WeightOnlyQuantConfig) -> dict:
         # Runs on the plain (unfused) graph: ORT's fused Attention keeps the Q/K/V weights inside a contrib op
         # that MatMulNBits cannot replace, so fusing first would leave a third of an encoder's weights in FP32.
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        try:
+            from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        except ImportError as err:  # it imports onnx-ir, which older installs of the extra lack
+            raise BackendUnavailableError(
+                f"Weight-only quantization needs ONNX Runtime's MatMulNBits quantizer ({err}): "
+                "pip install 'optimum-quantization[onnxruntime]' (it brings onnx-ir)."
+            ) from err
 
         op_types = config.op_types or WEIGHT_ONLY_OP_TYPES
         model = onnx.load(str(src))
