@@ -165,6 +165,19 @@ def test_exclude_pattern_keeps_a_layer_in_fp32(tiny_dir):
     assert details["unused_exclude_patterns"] == ["no.such.module"]
 
 
+def test_op_types_select_what_is_quantized(tiny_dir):
+    """GPT-2's linear layers export as Gemm, its (tied) head as MatMul: each op type picks its own nodes."""
+    folder = tiny_dir("text-generation")
+    gemm_only = WeightOnlyQuantConfig(op_types=["Gemm"], keep_default_exclusions=False)
+    model = QuantModelForCausalLM.from_pretrained(folder, quantize=gemm_only)  # holds the temp folder
+    names = [n.name for n in nbits_nodes(onnx_file(model))]
+    assert len(names) == 2 * 4 and all(name.endswith("/Gemm_MatMul_Q8") for name in names)
+    matmul_only = WeightOnlyQuantConfig(op_types=["MatMul"], keep_default_exclusions=False)
+    model = QuantModelForCausalLM.from_pretrained(folder, quantize=matmul_only)
+    names = [n.name for n in nbits_nodes(onnx_file(model))]
+    assert names == ["/lm_head/MatMul_Q8"]
+
+
 @pytest.mark.parametrize("preset", ["w8", "w4"])
 def test_logits_close_to_fp32(tiny_dir, w8_gpt2, preset):
     folder = tiny_dir("text-generation")

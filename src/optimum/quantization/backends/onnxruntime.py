@@ -270,7 +270,9 @@ class OnnxRuntimeBackend(Backend):
         model = onnx.load(str(src))
         # Exclusions are matched on the exported names, before Gemms are renamed "<name>_MatMul" below.
         nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
-        quant_ops = [op for op in op_types if op != "Gemm"]
+        quant_ops = sorted({"MatMul" if op == "Gemm" else op for op in op_types})  # Gemms become MatMuls first
+        if "MatMul" not in op_types:  # only the rewritten Gemms, not the graph's own MatMuls
+            nodes_to_exclude = nodes_to_exclude + [n.name for n in model.graph.node if n.op_type == "MatMul"]
         algo = DefaultWeightOnlyQuantConfig(
             block_size=config.block_size,
             is_symmetric=config.symmetric,
