@@ -183,9 +183,9 @@ def test_planned_preset_says_not_available_and_lists_presets(preset):
         assert name in message
 
 
-def test_planned_w4_preset_raises():
-    with pytest.raises(ConfigError, match="'w4' is not available"):
-        resolve_quant_config("w4")
+def test_planned_auto_preset_raises():
+    with pytest.raises(ConfigError, match="'auto' is not available"):
+        resolve_quant_config("auto")
 
 
 def test_unknown_calibration_method_lists_methods():

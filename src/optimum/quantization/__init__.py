@@ -15,6 +15,7 @@ _EXPORTS = {
     "QuantModelForCausalLM": "modeling",
     "DynamicQuantConfig": "configuration",
     "StaticQuantConfig": "configuration",
+    "WeightOnlyQuantConfig": "configuration",
     "CalibrationConfig": "configuration",
     "resolve_quant_config": "configuration",
     "config_from_dict": "configuration",

@@ -18,6 +18,8 @@ from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS, STATIC_DEFAULT_E
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_FORMATS = ("qdq", "qoperator")
 WEIGHT_TYPES = ("int8", "uint8")
+WEIGHT_ONLY_BITS = (8, 4)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def _check_choice(kind: str, value: object, valid) -> None:
@@ -129,10 +131,53 @@ class StaticQuantConfig(_QuantConfigBase):
         super().__post_init__()
 
 
-QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig]
+@dataclass
+class WeightOnlyQuantConfig(_QuantConfigBase):
+    """Weight-only blockwise quantization: weights stored in `bits` bits, activations stay FP32.
+
+    Each block of `block_size` consecutive weights along the input dimension gets its own scale, which
+    is finer than per-channel, and nothing depends on activation ranges: this is the recipe for decoders,
+    where every INT8 activation scheme measured loses more than 3% perplexity (SmolLM2-135M: 8-bit,
+    block 32, +0.56%). `accuracy_level` is ONNX Runtime's MatMulNBits compute type: 0 unset, 1 fp32,
+    2 fp16, 3 bf16, 4 int8 (activations quantized blockwise on the fly inside the kernel).
+
+    The INT8-only fields of the shared base do not apply: `per_channel` (blocks replace channels),
+    `reduce_range` (no u8 x s8 activation products) and `weight_type` (`bits` and `symmetric` say it);
+    a non-default value for them is refused rather than silently ignored.
+    """
+
+    bits: int = 8
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    def __post_init__(self):
+        for name, default in (("per_channel", True), ("reduce_range", "auto"), ("weight_type", "int8")):
+            if getattr(self, name) != default:
+                raise ConfigError(
+                    f"`{name}` does not apply to weight-only quantization (blockwise scales, FP32 activations); "
+                    f"leave it at its default {default!r} and use `bits`, `block_size` and `symmetric` instead."
+                )
+        if isinstance(self.bits, bool) or self.bits not in WEIGHT_ONLY_BITS:
+            raise ConfigError(f"`bits` must be 8 or 4 for weight-only quantization, got {self.bits!r}.")
+        block = self.block_size
+        if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+            raise ConfigError(f"`block_size` must be a power of two >= 16 (16, 32, 64, 128, ...), got {block!r}.")
+        if not isinstance(self.symmetric, bool):
+            raise ConfigError(f"`symmetric` must be True or False, got {self.symmetric!r}.")
+        if isinstance(self.accuracy_level, bool) or self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(
+                f"`accuracy_level` must be one of 0..4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.accuracy_level!r}."
+            )
+        super().__post_init__()
+
+
+QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig]
 
 # Allow-list of classes a serialised config may name.
-CONFIG_TYPES: dict[str, type] = {cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig)}
+CONFIG_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig)
+}
 
 
 def _build(cls: type, data: dict):

@@ -26,7 +26,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "dynamic": ("DynamicQuantConfig", {}),
     "int8": ("DynamicQuantConfig", {}),
     "static": ("StaticQuantConfig", {}),
+    # Weight-only blockwise (ORT MatMulNBits): the decoder recipe. SmolLM2-135M 8-bit block 32: +0.67% perplexity, 2.3x smaller.
+    "w8": ("WeightOnlyQuantConfig", {"bits": 8, "block_size": 32}),
+    "w4": ("WeightOnlyQuantConfig", {"bits": 4, "block_size": 32}),
 }
 
 # Presets named in the design that later releases implement; asking for them gives a clear error today.
-PLANNED_PRESETS: tuple[str, ...] = ("w8", "w4", "auto")
+PLANNED_PRESETS: tuple[str, ...] = ("auto",)

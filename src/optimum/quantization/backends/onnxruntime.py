@@ -19,7 +19,8 @@ from optimum.onnxruntime import (
 )
 
 from ..calibration import tokenize_examples
-from ..configuration import DynamicQuantConfig, StaticQuantConfig
+from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
+from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info
@@ -38,6 +39,10 @@ _FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 # a BERT's weights, and a lookup dequantizes only the rows it gathers (MiniLM file 0.65x -> 0.25x of FP32).
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "EmbedLayerNormalization"]
 STATIC_OP_TYPES = ["MatMul", "Gemm"]
+# MatMulNBitsQuantizer rewrites MatMul (weight as initializer) into MatMulNBits and Gather (4-bit only) into
+# GatherBlockQuantized; Gemm is first rewritten to MatMul + Add (named "<gemm>_MatMul"), module names unchanged.
+WEIGHT_ONLY_OP_TYPES = ["MatMul", "Gemm"]
+WEIGHT_ONLY_SUPPORTED_OPS = {"MatMul": (8, 4), "Gemm": (8, 4), "Gather": (4,)}
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
@@ -113,7 +118,7 @@ def fuse_graph(onnx_path: Path, output_path: Path, model_config) -> dict[str, in
 
 
 class OnnxRuntimeBackend(Backend):
-    supported_configs = (DynamicQuantConfig, StaticQuantConfig)
+    supported_configs = (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig)
     model_classes = {
         "text-classification": ORTQuantModelForSequenceClassification,
         "question-answering": ORTQuantModelForQuestionAnswering,
@@ -121,6 +126,17 @@ class OnnxRuntimeBackend(Backend):
         "feature-extraction": ORTQuantModelForFeatureExtraction,
         "text-generation": ORTQuantModelForCausalLM,
     }
+
+    def check_supports(self, task, config) -> None:
+        super().check_supports(task, config)
+        if isinstance(config, WeightOnlyQuantConfig):  # checked before the export, which takes a while
+            unsupported = [op for op in config.op_types or () if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
+            if unsupported:
+                supported = ", ".join(f"{op} ({'/'.join(map(str, b))}-bit)" for op, b in WEIGHT_ONLY_SUPPORTED_OPS.items())
+                raise ConfigError(
+                    f"Weight-only {config.bits}-bit quantization cannot handle op type(s) {unsupported}; "
+                    f"ONNX Runtime's MatMulNBits quantizer supports {supported}."
+                )
 
     def quantize(self, request: QuantizationRequest):
         work = tempfile.TemporaryDirectory(prefix="optimum-quantization-")
@@ -135,6 +151,8 @@ class OnnxRuntimeBackend(Backend):
             quantized_path = work_dir / "quantized.onnx"
             if isinstance(config, DynamicQuantConfig):
                 details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir))
+            elif isinstance(config, WeightOnlyQuantConfig):
+                details.update(self._quantize_weight_only(fp32_path, quantized_path, config))
             else:
                 graph = onnx.load(str(fp32_path), load_external_data=False)
                 feeds = tokenize_examples(
@@ -236,3 +254,90 @@ class OnnxRuntimeBackend(Backend):
             "excluded_nodes": nodes_to_exclude,
             "unused_exclude_patterns": unused,
         }
+
+    def _quantize_weight_only(self, src: Path, dst: Path, config: WeightOnlyQuantConfig) -> dict:
+        # Runs on the plain (unfused) graph: ORT's fused Attention keeps the Q/K/V weights inside a contrib op
+        # that MatMulNBits cannot replace, so fusing first would leave a third of an encoder's weights in FP32.
+        try:
+            from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        except ImportError as err:  # it imports onnx-ir, which older installs of the extra lack
+            raise BackendUnavailableError(
+                f"Weight-only quantization needs ONNX Runtime's MatMulNBits quantizer ({err}): "
+                "pip install 'optimum-quantization[onnxruntime]' (it brings onnx-ir)."
+            ) from err
+
+        op_types = config.op_types or WEIGHT_ONLY_OP_TYPES
+        model = onnx.load(str(src))
+        # Exclusions are matched on the exported names, before Gemms are renamed "<name>_MatMul" below.
+        nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
+        quant_ops = sorted({"MatMul" if op == "Gemm" else op for op in op_types})  # Gemms become MatMuls first
+        if "MatMul" not in op_types:  # only the rewritten Gemms, not the graph's own MatMuls
+            nodes_to_exclude = nodes_to_exclude + [n.name for n in model.graph.node if n.op_type == "MatMul"]
+        algo = DefaultWeightOnlyQuantConfig(
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            accuracy_level=config.accuracy_level,
+            op_types_to_quantize=tuple(quant_ops),
+            bits=config.bits,
+        )
+        gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+        quantizer = MatMulNBitsQuantizer(
+            model, nodes_to_exclude=[f"{n}_MatMul" if n in gemms else n for n in nodes_to_exclude], algo_config=algo
+        )
+        if "Gemm" in op_types:  # GPT-2's Conv1D and BERT's pooler export as Gemm: MatMul + Add carries them
+            quantizer.model.replace_gemm_with_matmul()
+        tied = _fold_constant_transposes(quantizer.model.model, set(quantizer.nodes_to_exclude))
+        candidates = [n.name for n in quantizer.model.model.graph.node if n.op_type in quant_ops and n.name not in quantizer.nodes_to_exclude]
+        nbits_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = nbits_logger.level
+        nbits_logger.setLevel(logging.WARNING)  # it logs every node of the graph at INFO
+        try:
+            quantizer.process()
+        finally:
+            nbits_logger.setLevel(level)
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+        suffix = f"_Q{config.bits}"
+        quantized = {n.name[: -len(suffix)] for n in quantizer.model.model.graph.node if n.name.endswith(suffix)}
+        return {
+            "op_types": op_types,
+            "bits": config.bits,
+            "block_size": config.block_size,
+            "symmetric": config.symmetric,
+            "accuracy_level": config.accuracy_level,
+            "graph_fused": False,
+            "quantized_nodes": len(quantized),
+            "excluded_nodes": nodes_to_exclude,
+            "tied_weights_materialised": tied,
+            # Products of two activations (attention scores, context) have no weight to store in fewer bits.
+            "not_quantized_nodes": [name for name in candidates if name not in quantized],
+            "unused_exclude_patterns": unused,
+        }
+
+
+def _fold_constant_transposes(model: onnx.ModelProto, skip: set[str]) -> list[str]:
+    """Give each MatMul whose weight is `Transpose(initializer)` its own transposed initializer.
+
+    Tied embeddings export the LM head that way (`lm_head` = `Transpose(wte)`), which MatMulNBits skips as
+    a non-constant weight. The embedding table itself stays FP32 for the Gather.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    folded = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.name in skip:
+            continue
+        transpose = producers.get(node.input[1])
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+            continue
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(initializers[transpose.input[0]])
+        if weight.ndim != 2 or perm not in (None, [1, 0]):
+            continue
+        name = f"{transpose.input[0]}_transposed_for_{len(folded)}"
+        graph.initializer.append(numpy_helper.from_array(weight.T.copy(), name))
+        node.input[1] = name
+        folded.append(node.name)
+    return folded
