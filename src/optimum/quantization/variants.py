@@ -214,11 +214,11 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ort-fp32-fused", "onnxruntime-fused"),
         VariantSpec("ort-int8-dynamic", "quantized", _quantized("onnxruntime", "dynamic")),
         VariantSpec("ort-int8-static", "quantized", _quantized("onnxruntime", "static")),
+        VariantSpec("ort-int8-weight-only", "quantized", _quantized("onnxruntime", "w8")),
         VariantSpec("optimum-avx512_vnni", "optimum-ortquantizer", {"preset": "avx512_vnni"}),
         VariantSpec("optimum-avx2", "optimum-ortquantizer", {"preset": "avx2"}),
     )
 }
-DEFAULT_VARIANTS = tuple(NAMED_VARIANTS)
 DEFAULT_BASELINE = "ort-fp32-fused"
 
 

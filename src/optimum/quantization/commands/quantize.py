@@ -8,14 +8,20 @@ import logging
 import sys
 from pathlib import Path
 
-from ..configuration import CALIBRATION_METHODS, CalibrationConfig, DynamicQuantConfig, StaticQuantConfig
+from ..configuration import (
+    CALIBRATION_METHODS,
+    CalibrationConfig,
+    DynamicQuantConfig,
+    StaticQuantConfig,
+    resolve_quant_config,
+)
 from ..errors import QuantizationError
 from ..hardware import cpu_info
 from ..samples import default_model_dir, demo_sentences
 from ..tasks import TASKS, normalize_task
 
 DEFAULT_OUTPUT = "out/minilm-l6-int8"
-METHODS = ("dynamic", "static", "none")
+METHODS = ("dynamic", "static", "w8", "w4", "none")  # w8/w4: weight-only, the choice for decoders
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +49,10 @@ def build_config(args):
         raise unknown_name("method", args.method, METHODS)
     if args.method == "none":
         return None
+    if args.method in ("w8", "w4"):
+        if args.per_channel is not None:
+            raise QuantizationError("--per-channel does not apply to weight-only methods (they use blocks of 32).")
+        return resolve_quant_config(args.method).replace(exclude=list(args.exclude))
     common = {"exclude": list(args.exclude)}
     if args.per_channel is not None:
         common["per_channel"] = args.per_channel
