@@ -94,7 +94,7 @@ def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
         variant = by_name[name]
         assert len(variant["latency"]) == 4 and variant["cold_start_s"] > variant["load_s"] > 0
         # VmHWM of the worker itself: a fresh interpreter with torch, far below the parent's build peak
-        assert 50e6 < variant["peak_rss_bytes"] < 4e9
+        assert 50e6 < variant["peak_rss_bytes"] < 4e9 and variant["load_average_1m"] >= 0
     assert by_name["ort-int8-dynamic"]["size_bytes"] < 0.35 * by_name["ort-fp32-fused"]["size_bytes"]
     ratios = speedups(result, 1, 32)
     assert ratios["ort-fp32-fused"] == 1.0 and set(ratios) == {"pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"}
@@ -114,7 +114,8 @@ def test_merge_rounds_takes_medians_per_shape():
     def measured(p50, cold):
         row = {"batch_size": 2, "sequence_length": 8, "p50_ms": p50, "p90_ms": p50 + 1, "p99_ms": p50 + 2,
                "mean_ms": p50, "calls": 5, "throughput_per_s": 0}
-        return {"load_s": 1.0, "cold_start_s": cold, "cold_start_shape": [1, 8], "peak_rss_bytes": 100, "latency": [row]}
+        return {"load_s": 1.0, "cold_start_s": cold, "cold_start_shape": [1, 8], "peak_rss_bytes": 100,
+                "load_average_1m": 2.0, "latency": [row]}
 
     merged = merge_rounds([measured(10.0, 3.0), measured(30.0, 1.0), measured(12.0, 2.0)])
     assert merged["rounds"] == 3 and merged["cold_start_s"] == 2.0

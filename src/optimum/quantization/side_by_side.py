@@ -156,7 +156,16 @@ def _worker(job_path: str, output_path: str) -> None:
         model(**first)
     cold_start_s = time.time() - job["spawned_at"]
     latency = latency_sweep(model, job["vocab_size"], job["input_names"], config)
-    result = {"load_s": load_s, "cold_start_s": cold_start_s, "cold_start_shape": list(first_shape), "peak_rss_bytes": peak_rss_bytes(), "latency": latency}
+    result = {
+        "load_s": load_s,
+        "cold_start_s": cold_start_s,
+        "cold_start_shape": list(first_shape),
+        "peak_rss_bytes": peak_rss_bytes(),
+        # Other processes distort timings most on a small shared machine: keep the evidence with the numbers
+        # (about the thread count when the benchmark ran alone).
+        "load_average_1m": os.getloadavg()[0],
+        "latency": latency,
+    }
     Path(output_path).write_text(json.dumps(result), encoding="utf-8")
 
 
@@ -166,7 +175,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
 
     if len(rounds) == 1:
         return {**rounds[0], "rounds": 1}
-    merged = {key: statistics.median(r[key] for r in rounds) for key in ("load_s", "cold_start_s", "peak_rss_bytes")}
+    keys = ("load_s", "cold_start_s", "peak_rss_bytes", "load_average_1m")
+    merged = {key: statistics.median(r[key] for r in rounds) for key in keys}
     latency = []
     for shape_rows in zip(*(r["latency"] for r in rounds)):
         row = dict(shape_rows[0])
