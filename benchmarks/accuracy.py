@@ -70,8 +70,8 @@ def sst2(variants, threads: int | None) -> dict:
     )
     for row, other in zip(labelled["variants"], unlabelled["variants"]):
         if "agreement" in other:
-            row["agreement_large_unlabelled"] = other["agreement"]
-    labelled["unlabelled_agreement"] = unlabelled
+            row["agreement_unlabelled"] = other["agreement"]
+    labelled["unlabelled_data"] = unlabelled["data"]
     return labelled
 
 
