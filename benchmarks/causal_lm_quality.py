@@ -52,6 +52,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--max-tokens", type=int, default=2048, help="WikiText-2 tokens scored (default 2048)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="causal_lm_quality", help="file name stem of the results")
     args = parser.parse_args()
     text = load_text(WIKITEXT)
     paragraphs = [p.strip() for p in text.split("\n") if len(p.split()) > 20][:32]
@@ -66,7 +67,7 @@ def main() -> int:
         f"logit divergence on {len(paragraphs)} paragraphs",
     )
     result["model"] = "SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to FP32)"
-    write_reports(result, RESULTS, "causal_lm_quality")
+    write_reports(result, RESULTS, args.name)
     print(evaluation_markdown(result))
     return 0
 
