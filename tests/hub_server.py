@@ -218,25 +218,30 @@ def _handler_for(hub: FakeHub):
             self._json(200, {"success": True, "commitOid": sha, "commitUrl": f"{hub.url}/{repo_id}/commit/{sha}"})
 
         # ------------------------------------------------------------------ load
-        def _get_info(self, repo_id, revision, body):
+        def _readable_tree(self, repo_id, revision):
+            """(repo, commit sha, files) of a revision; None after answering with the error."""
             repo = self._repo(repo_id, write=False)
             if repo is None:
-                return
+                return None
             found = repo.tree(revision)
             if found is None:
-                return self._error(404, "RevisionNotFound", "Invalid rev id")
-            sha, files = found
+                self._error(404, "RevisionNotFound", "Invalid rev id")
+                return None
+            return (repo, *found)
+
+        def _get_info(self, repo_id, revision, body):
+            tree = self._readable_tree(repo_id, revision)
+            if tree is None:
+                return
+            repo, sha, files = tree
             self._json(200, {"id": repo_id, "sha": sha, "private": repo.private,
                              "siblings": [{"rfilename": name} for name in sorted(files)]})
 
         def _head_resolve(self, repo_id, revision, path, body):
-            repo = self._repo(repo_id, write=False)
-            if repo is None:
+            tree = self._readable_tree(repo_id, revision)
+            if tree is None:
                 return
-            found = repo.tree(revision)
-            if found is None:
-                return self._error(404, "RevisionNotFound", "Invalid rev id")
-            sha, files = found
+            _, sha, files = tree
             if path not in files:
                 return self._error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": sha})
             content = files[path]
