@@ -135,6 +135,11 @@ def test_data_loaders(tmp_path):
     unlabelled = tmp_path / "texts.csv"
     unlabelled.write_text("text\nhello\nworld\n", encoding="utf-8")
     assert load_labelled_texts(unlabelled) == (["hello", "world"], None)
+    lines = tmp_path / "texts.txt"
+    lines.write_text("first text\n\n  second text  \nthird\n", encoding="utf-8")
+    assert load_labelled_texts(lines, limit=2) == (["first text", "second text"], None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_labelled_texts(tmp_path / "missing.txt")
     bad_labels = tmp_path / "named.csv"
     bad_labels.write_text("text,label\nhello,positive\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="class ids"):

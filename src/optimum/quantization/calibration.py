@@ -37,6 +37,11 @@ def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
     )
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped: one example per line."""
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def load_dataset_source(source: str, split: str | None = None, what: str = "calibration data"):
     """A `datasets.Dataset` from a .csv/.tsv/.json/.jsonl file or a dataset name `datasets` can load locally."""
     import datasets
@@ -65,7 +70,7 @@ def load_calibration_examples(
         if path.suffix.lower() == ".txt" or (path.is_file() and path.suffix.lower() not in _FILE_LOADERS):
             if not path.is_file():
                 raise ConfigError(f"Calibration file {path} does not exist.")
-            examples: list[Example] = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            examples: list[Example] = list(read_text_lines(path))
         else:
             if path.suffix.lower() in _FILE_LOADERS and not path.is_file():
                 raise ConfigError(f"Calibration file {path} does not exist.")

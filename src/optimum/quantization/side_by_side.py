@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, QuantizationError
-from .evaluation.benchmark import BenchmarkConfig, latency_sweep, peak_rss_bytes, set_threads, weights_size_bytes
+from .evaluation.benchmark import (
+    BenchmarkConfig,
+    latency_sweep,
+    peak_rss_bytes,
+    set_threads,
+    synthetic_inputs,
+    weights_size_bytes,
+)
 from .hardware import cpu_info
 from .recipe import library_versions
 from .samples import demo_sentences
@@ -145,8 +152,6 @@ def _worker(job_path: str, output_path: str) -> None:
     set_threads(config.threads)
     import torch
 
-    from .evaluation.benchmark import synthetic_inputs
-
     load_start = time.time()
     model = load_variant(Path(job["folder"]), job["task"], threads=config.threads)
     load_s = time.time() - load_start
@@ -268,11 +273,11 @@ def _score(model, tokenizer, task: str, data: dict) -> tuple[dict, object]:
     from .evaluation import metrics
 
     if task == "text-classification":
-        scored = metrics.evaluate_classification(model, tokenizer, data["texts"], data["labels"] or [0] * len(data["texts"]))
-        predictions = scored.pop("predictions")
         if data["labels"] is None:  # unlabelled: only agreement with the baseline means anything
-            scored = {"examples": scored["examples"]}
-        return scored, predictions
+            predictions = metrics.classification_logits(model, tokenizer, data["texts"]).argmax(-1).tolist()
+            return {"examples": len(predictions)}, predictions
+        scored = metrics.evaluate_classification(model, tokenizer, data["texts"], data["labels"])
+        return scored, scored.pop("predictions")
     if task == "question-answering":
         scored = metrics.evaluate_squad(model, tokenizer, data["examples"])
         return scored, scored.pop("predictions")

@@ -170,34 +170,29 @@ class OptimumORTQuantizer(VariantBuilder):
     extra = "onnxruntime"
     PRESETS = ("avx512_vnni", "avx512", "avx2", "arm64")
     QUANTIZED_FILE = "model_quantized.onnx"
-    ORT_CLASSES = {
-        "text-classification": "ORTModelForSequenceClassification",
-        "question-answering": "ORTModelForQuestionAnswering",
-        "token-classification": "ORTModelForTokenClassification",
-        "feature-extraction": "ORTModelForFeatureExtraction",
-        "text-generation": "ORTModelForCausalLM",
-    }
 
     def build(self, spec, context, folder):
         import tempfile
 
-        import optimum.onnxruntime as ort
+        from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+        from .backends.onnxruntime import optimum_model_class
 
         preset = spec.options.get("preset", "avx512_vnni")
         if preset not in self.PRESETS:
             raise unknown_name("ORTQuantizer preset", preset, self.PRESETS)
         config = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=spec.options.get("per_channel", False))
-        ort_class = getattr(ort, self.ORT_CLASSES[context.task])
         with tempfile.TemporaryDirectory() as exported:
-            ort_class.from_pretrained(context.source_dir, export=True).save_pretrained(exported)
-            ort.ORTQuantizer.from_pretrained(exported).quantize(quantization_config=config, save_dir=folder)
+            optimum_model_class(context.task).from_pretrained(context.source_dir, export=True).save_pretrained(exported)
+            ORTQuantizer.from_pretrained(exported).quantize(quantization_config=config, save_dir=folder)
 
     def load(self, spec, folder, task, threads):
-        import optimum.onnxruntime as ort
+        from .backends.onnxruntime import optimum_model_class
 
-        ort_class = getattr(ort, self.ORT_CLASSES[task])
-        return ort_class.from_pretrained(folder, file_name=self.QUANTIZED_FILE, session_options=_ort_session_options(threads))
+        return optimum_model_class(task).from_pretrained(
+            folder, file_name=self.QUANTIZED_FILE, session_options=_ort_session_options(threads)
+        )
 
 
 def _quantized(backend: str, quantize) -> dict:

@@ -67,6 +67,12 @@ class ORTQuantModelForCausalLM(QuantizedModelMixin, ORTModelForCausalLM):
     pass
 
 
+def optimum_model_class(task: str) -> type:
+    """optimum's `ORTModelFor<Task>` that our class for `task` extends; it also loads other tools' ONNX files."""
+    quant_class = OnnxRuntimeBackend.model_classes[task]
+    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+
+
 def module_name_of(node_name: str) -> str:
     """'/bert/encoder/layer.0/attention/self/query/MatMul' -> 'bert.encoder.layer.0.attention.self.query'."""
     parts = node_name.strip("/").split("/")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import ConfigError
 from ..evaluation.benchmark import DEFAULT_BATCH_SIZES, DEFAULT_SEQUENCE_LENGTHS, BenchmarkConfig
@@ -103,11 +102,7 @@ def load_task_data(task: str, args) -> dict:
             "texts": paragraphs,
             "perplexity": {"max_length": args.max_length, "stride": args.stride, "max_tokens": args.limit},
         }
-    if Path(args.data).suffix.lower() == ".txt":
-        texts = [line.strip() for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-        texts, labels = texts[: args.limit], None
-    else:
-        texts, labels = load_labelled_texts(args.data, args.text_column, args.label_column, args.limit)
+    texts, labels = load_labelled_texts(args.data, args.text_column, args.label_column, args.limit)
     if task != "text-classification" and labels is not None:
         raise ConfigError(f"Labelled evaluation is for text-classification; {task} is compared by output agreement.")
     return {"texts": texts, "labels": labels}

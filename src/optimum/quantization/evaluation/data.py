@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..calibration import TEXT_COLUMNS, load_dataset_source
+from ..calibration import TEXT_COLUMNS, load_dataset_source, read_text_lines
 from ..errors import ConfigError
 
 LABEL_COLUMNS = ("label", "labels", "target", "class")
@@ -27,8 +27,16 @@ def load_labelled_texts(
 ) -> tuple[list[str], list[int] | None]:
     """(texts, integer labels) from a .csv/.tsv/.json/.jsonl file, a `datasets.Dataset` or a local dataset.
 
-    A file without a label column gives labels None: only agreement with the baseline can be measured then.
+    A .txt file (one text per line) or a table without a label column gives labels None: only agreement with
+    the baseline can be measured then.
     """
+    if isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".txt":
+        if not Path(source).is_file():
+            raise ConfigError(f"Evaluation file {source} does not exist.")
+        texts = read_text_lines(Path(source))[:limit]
+        if not texts:
+            raise ConfigError(f"The evaluation data {source!r} holds no examples.")
+        return texts, None
     dataset = source if hasattr(source, "column_names") else load_dataset_source(str(source), what="evaluation data")
     columns = list(dataset.column_names)
     texts = [str(t) for t in dataset[_pick_column(columns, text_column, TEXT_COLUMNS, "text")]]
