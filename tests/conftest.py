@@ -94,6 +94,14 @@ def tiny_dir(tmp_path_factory):
                 bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
             )
             model = transformers.GPT2LMHeadModel(config)
+        elif kind == "llama-text-generation":  # LLaMA family: rotary positions, grouped-query attention
+            tokenizer = _gpt2_tokenizer(folder)
+            config = transformers.LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            model = transformers.LlamaForCausalLM(config)
         elif kind == "large-text-classification":  # linear layers dominate: file size ratios mean something
             tokenizer = _bert_tokenizer(folder)
             config = bert_config(tokenizer, hidden_size=256, num_hidden_layers=4, intermediate_size=1024)

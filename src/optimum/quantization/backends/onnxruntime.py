@@ -11,6 +11,7 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import save_tensors_data
 from optimum.onnxruntime import (
+    ORTModel,
     ORTModelForCausalLM,
     ORTModelForFeatureExtraction,
     ORTModelForQuestionAnswering,
@@ -26,6 +27,7 @@ from ..export import export_onnx
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
+from .ort_kv_buffers import PreallocatedKVBindingMixin
 from .ort_calibration import ORT_METHODS, calibrate
 
 logger = logging.getLogger(__name__)
@@ -63,14 +65,15 @@ class ORTQuantModelForFeatureExtraction(QuantizedModelMixin, ORTModelForFeatureE
     pass
 
 
-class ORTQuantModelForCausalLM(QuantizedModelMixin, ORTModelForCausalLM):
-    pass
+class ORTQuantModelForCausalLM(QuantizedModelMixin, PreallocatedKVBindingMixin, ORTModelForCausalLM):
+    """optimum's `ORTModelForCausalLM`; with `use_io_binding=True` its key/value buffers are allocated once per
+    `generate()` and reused across steps (see `ort_kv_buffers`)."""
 
 
 def optimum_model_class(task: str) -> type:
     """optimum's `ORTModelFor<Task>` that our class for `task` extends; it also loads other tools' ONNX files."""
     quant_class = OnnxRuntimeBackend.model_classes[task]
-    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+    return next(base for base in quant_class.__bases__ if issubclass(base, ORTModel))
 
 
 def module_name_of(node_name: str) -> str:
