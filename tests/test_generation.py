@@ -181,3 +181,35 @@ def test_per_token_latency_and_side_by_side_markdown(models):
     assert [list(p["generations"]) for p in result["prompts"]] == [["fp32", "w8"]] * 2
     markdown = generations_markdown(result)
     assert markdown.count("| fp32 |") == 2 and "top_p=0.95" in markdown and PROMPTS[1] in markdown
+
+
+def test_int8_preset_means_weight_only_8_bit_for_causal_lms(models):
+    from optimum.quantization.configuration import DynamicQuantConfig, WeightOnlyQuantConfig, resolve_quant_config
+
+    assert resolve_quant_config("int8", "text-generation") == WeightOnlyQuantConfig(bits=8)
+    assert isinstance(resolve_quant_config("int8", "text-classification"), DynamicQuantConfig)
+    assert isinstance(resolve_quant_config("dynamic", "text-generation"), DynamicQuantConfig)  # explicit is honoured
+    ours, _, _ = models("text-generation", "int8")
+    assert isinstance(ours.quantization_config, WeightOnlyQuantConfig)
+    assert ours.quantization_recipe.details["int8_ops"] == {"MatMulNBits": 2 * 4}
+
+
+@pytest.mark.slow  # three fresh interpreters, each loading torch and ONNX Runtime: ~30 s on a quiet machine
+def test_generation_benchmark_measures_each_variant_in_a_fresh_process(tiny_dir):
+    from optimum.quantization.generation_benchmark import (
+        GenerationBenchmarkConfig,
+        generation_benchmark_markdown,
+        run_generation_benchmark,
+    )
+
+    config = GenerationBenchmarkConfig(batch_sizes=[1, 2], prompt_length=4, new_tokens=3, repeats=1, warmup=0, threads=1)
+    result = run_generation_benchmark(str(tiny_dir("text-generation")), ["pytorch-fp32", "ort-int8", "ort-int8-no-iobinding"],
+                                      config=config)
+    rows = {row["name"]: row for row in result["variants"]}
+    assert all("error" not in row for row in rows.values()), rows
+    assert rows["ort-int8"]["spec"]["options"]["load"] == {"use_io_binding": True}
+    for row in rows.values():
+        assert [r["batch_size"] for r in row["latency"]] == [1, 2]
+        assert row["peak_rss_bytes"] > 0 and row["time_to_first_token_s"] > row["load_s"] > 0
+    assert rows["ort-int8"]["size_bytes"] == rows["ort-int8-no-iobinding"]["size_bytes"] < rows["pytorch-fp32"]["size_bytes"]
+    assert "| ort-int8-no-iobinding |" in generation_benchmark_markdown(result)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from .errors import ConfigError, unknown_name
-from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS, STATIC_DEFAULT_EXCLUDE
+from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS, STATIC_DEFAULT_EXCLUDE, TASK_PRESETS
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_FORMATS = ("qdq", "qoperator")
@@ -207,8 +207,14 @@ def config_from_json_string(text: str) -> QuantConfig:
     return config_from_dict(json.loads(text))
 
 
-def resolve_quant_config(quantize) -> QuantConfig | None:
-    """Turn what a user passes as `quantize=` (None, a preset name, a dict or a config) into a config."""
+def resolve_quant_config(quantize, task: str | None = None) -> QuantConfig | None:
+    """Turn what a user passes as `quantize=` (None, a preset name, a dict or a config) into a config.
+
+    With `task`, a generic preset may mean the task's own recipe (`presets.TASK_PRESETS`: "int8" is weight-only
+    8-bit for text generation).
+    """
+    if isinstance(quantize, str) and task is not None:
+        quantize = TASK_PRESETS.get(task, {}).get(quantize, quantize)
     if quantize is None or isinstance(quantize, tuple(CONFIG_TYPES.values())):
         return quantize
     if isinstance(quantize, dict):

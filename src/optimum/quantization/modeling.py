@@ -128,7 +128,7 @@ def load_or_quantize(
             f"{model_id_or_path} holds no {RECIPE_FILE}, so it is not a quantized model: pass export=True "
             "(the default) to export and quantize it."
         )
-    config = resolve_quant_config(quantize)
+    config = resolve_quant_config(quantize, task)
     quant_backend = get_backend(backend or DEFAULT_BACKEND)
     quant_backend.check_supports(task, config)
 
