@@ -8,6 +8,12 @@ import sys
 
 from ..errors import QuantizationError
 from .benchmark import add_benchmark_arguments, add_evaluate_arguments, run_benchmark_command, run_evaluate_command
+from .generation import (
+    add_generation_benchmark_arguments,
+    add_generations_arguments,
+    run_generation_benchmark_command,
+    run_generations_command,
+)
 from .push import add_push_arguments, run_push
 from .quantize import add_quantize_arguments, run_quantize
 
@@ -17,6 +23,8 @@ SUBCOMMANDS = {
     "benchmark": (add_benchmark_arguments, run_benchmark_command),
     "evaluate": (add_evaluate_arguments, run_evaluate_command),
     "push": (add_push_arguments, run_push),
+    "generation-benchmark": (add_generation_benchmark_arguments, run_generation_benchmark_command),
+    "generations": (add_generations_arguments, run_generations_command),
 }
 DEFAULT_SUBCOMMAND = "quantize"
 
