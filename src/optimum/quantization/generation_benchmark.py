@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, QuantizationError
-from .evaluation.benchmark import peak_rss_bytes, set_threads, weights_size_bytes
+from .evaluation.benchmark import peak_rss_bytes, set_threads
 from .evaluation.generation import fixed_length_kwargs, per_token_latency, prompt_inputs, side_by_side_generations
 from .recipe import library_versions
-from .side_by_side import WORKER_TIMEOUT_S, _check_baseline, _progress, build_all, machine_record
+from .side_by_side import WORKER_TIMEOUT_S, _check_baseline, build_all, machine_record, measure_round_robin
 from .variants import (
     SPEC_FILE,
     OurQuantized,
@@ -232,23 +232,9 @@ def run_generation_benchmark(
     with tempfile.TemporaryDirectory(prefix="optimum-quantization-genbench-", dir=work_dir) as tmp:
         built = _build_shared(model_path, specs, Path(tmp))
         vocab_size = AutoConfig.from_pretrained(Path(tmp) / "source").vocab_size
-        errors = {name: folder for name, folder in built.items() if isinstance(folder, str)}
-        measured: dict[str, list] = {s.name: [] for s in specs}
-        schedule = [s for r in range(config.rounds) for s in (specs if r % 2 == 0 else specs[::-1])]
-        for spec in _progress(schedule, "measuring variants"):
-            if spec.name in errors:
-                continue
-            try:
-                measured[spec.name].append(measure_in_fresh_process(built[spec.name], config, vocab_size))
-            except (QuantizationError, subprocess.TimeoutExpired) as err:
-                errors[spec.name] = str(err)
-        rows = []
-        for spec in specs:
-            row = {"name": spec.name, "spec": spec.to_dict()}
-            if spec.name in errors:
-                rows.append({**row, "error": errors[spec.name]})
-            else:
-                rows.append({**row, "size_bytes": weights_size_bytes(built[spec.name]), **merge_rounds(measured[spec.name])})
+        rows = measure_round_robin(
+            specs, built, config.rounds, merge_rounds, lambda folder: measure_in_fresh_process(folder, config, vocab_size)
+        )
     return {
         "kind": "generation-benchmark",
         "model": str(model_path),

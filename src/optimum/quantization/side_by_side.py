@@ -193,6 +193,33 @@ def merge_rounds(rounds: list[dict]) -> dict:
     return {**merged, "cold_start_shape": rounds[0]["cold_start_shape"], "latency": latency, "rounds": len(rounds)}
 
 
+def measure_round_robin(specs, built: dict, rounds: int, merge, measure) -> list[dict]:
+    """One report row per variant: `measure(folder)` in `rounds` round-robin passes, merged by `merge`.
+
+    Every other round goes in reversed order, so a load change on a shared machine falls on every variant
+    alike instead of on whichever happened to run last. A variant that failed to build or to measure keeps
+    its error message.
+    """
+    errors = {name: folder for name, folder in built.items() if isinstance(folder, str)}
+    measurements: dict[str, list[dict]] = {spec.name: [] for spec in specs}
+    schedule = [spec for r in range(rounds) for spec in (specs if r % 2 == 0 else specs[::-1])]
+    for spec in _progress(schedule, "measuring variants"):
+        if spec.name in errors:  # failed to build, or in an earlier round
+            continue
+        try:
+            measurements[spec.name].append(measure(built[spec.name]))
+        except (QuantizationError, subprocess.TimeoutExpired) as err:
+            errors[spec.name] = str(err)
+    rows = []
+    for spec in specs:
+        row = {"name": spec.name, "spec": spec.to_dict()}
+        if spec.name in errors:
+            rows.append({**row, "error": errors[spec.name]})
+        else:
+            rows.append({**row, "size_bytes": weights_size_bytes(built[spec.name]), **merge(measurements[spec.name])})
+    return rows
+
+
 def run_benchmark(
     model_path: str,
     task: str = "text-classification",
@@ -215,32 +242,10 @@ def run_benchmark(
         built = build_all(model_path, task, specs, Path(tmp), calibration_data)
         vocab_size, input_names, max_positions = _input_signature(Path(tmp) / "source")
         config = _fit_to_model(config, max_positions)
-        measurements: dict[str, list[dict]] = {spec.name: [] for spec in specs}
-        errors = {name: folder for name, folder in built.items() if isinstance(folder, str)}
-        # Round-robin over the variants, in reversed order every other round: a load change on a shared
-        # machine then falls on every variant alike instead of on whichever happened to run last.
-        schedule = [
-            spec
-            for round_index in range(config.rounds)
-            for spec in (specs if round_index % 2 == 0 else specs[::-1])
-            if spec.name not in errors
-        ]
-        for spec in _progress(schedule, "measuring variants"):
-            if spec.name in errors:  # failed in an earlier round
-                continue
-            try:
-                measurements[spec.name].append(
-                    measure_in_fresh_process(built[spec.name], task, config, vocab_size, input_names)
-                )
-            except (QuantizationError, subprocess.TimeoutExpired) as err:
-                errors[spec.name] = str(err)
-        rows = []
-        for spec in specs:
-            row = {"name": spec.name, "spec": spec.to_dict()}
-            if spec.name in errors:
-                rows.append({**row, "error": errors[spec.name]})
-            else:
-                rows.append({**row, "size_bytes": weights_size_bytes(built[spec.name]), **merge_rounds(measurements[spec.name])})
+        rows = measure_round_robin(
+            specs, built, config.rounds, merge_rounds,
+            lambda folder: measure_in_fresh_process(folder, task, config, vocab_size, input_names),
+        )
     return {
         "kind": "benchmark",
         "model": str(model_path),
