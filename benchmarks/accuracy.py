@@ -94,12 +94,13 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="SQuAD: first N held-out questions only")
+    parser.add_argument("--name", help="results file stem (default: BENCHMARK_accuracy)")
     args = parser.parse_args()
     if args.benchmark == "sst2":
         result = sst2(args.variants, args.threads)
     else:
         result = squad(args.variants, args.threads, args.limit)
-    write_reports(result, RESULTS, f"{args.benchmark}_accuracy")
+    write_reports(result, RESULTS, args.name or f"{args.benchmark}_accuracy")
     print(evaluation_markdown(result))
     return 0
 
