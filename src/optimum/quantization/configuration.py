@@ -182,6 +182,10 @@ def _describe(value) -> str:
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
     if name is not None:
         return f"{getattr(value, '__module__', '')}.{name}".lstrip(".")
+    if isinstance(value, dict):  # {"texts": [...], "labels": [...]} or {"examples": [...]}
+        value = next((v for v in value.values() if isinstance(v, (list, tuple))), value)
+        size = f", {len(value)} examples" if isinstance(value, (list, tuple)) else ""
+        return f"dict{size}"
     size = f", {len(value)} examples" if hasattr(value, "__len__") else ""
     return f"{type(value).__name__}{size}"
 
