@@ -206,3 +206,20 @@ def test_candidates_skip_static_without_calibration_and_reject_unknown_names():
         candidates_for(AutoQuantConfig(candidates=["int3"]), has_calibration=True)
     with pytest.raises(ConfigError, match="backend"):
         candidates_for(AutoQuantConfig(backends=["tensorflow"]), has_calibration=True)
+
+
+def test_cli_auto_saves_the_chosen_model_with_its_report(sensitive_model, tmp_path, capsys):
+    from optimum.quantization.commands.cli import main
+
+    folder, _ = sensitive_model
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(SENTENCES)), encoding="utf-8")
+    code = main(["auto", "--model", str(folder), "--task", "text-classification", "--eval-data", str(data),
+                 "--tolerance", "100", "--candidates", "dynamic", "--work-dir", str(tmp_path / "work"),
+                 "--output", str(tmp_path / "out")])
+    assert code == 0
+    recipe = QuantizationRecipe.load(tmp_path / "out")
+    assert recipe.details["auto_search"]["chosen"]["name"] == "dynamic"
+    assert recipe.details["auto_search"]["eval_dataset"] == f"{data}: {len(SENTENCES)} examples"
+    assert "| 2 | **dynamic** |" in capsys.readouterr().out
+    assert (tmp_path / "work" / "auto_report.json").is_file()
