@@ -148,7 +148,7 @@ def load_nncf(task: str, folder: Path, threads: int | None = None):
 
     ov_class = OVModelForSequenceClassification if task == "text-classification" else OVModelForQuestionAnswering
     ov_config = {"INFERENCE_NUM_THREADS": str(threads)} if threads else None
-    return ov_class.from_pretrained(folder, ov_config=ov_config)
+    return ov_class.from_pretrained(str(folder), ov_config=ov_config)
 
 
 # --------------------------------------------------------------------------------------------- phases
