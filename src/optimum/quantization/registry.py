@@ -99,3 +99,17 @@ register_backend(
     extra="onnxruntime",
 )
 register_backend("torch", "optimum.quantization.backends.torch:TorchBackend", requires=("torch",))
+
+
+# Config types that no single backend runs: a handler above the backends does (the accuracy-aware search
+# tries several backends' configs). Config class name -> lazy "module:function", imported on first use.
+_CONFIG_HANDLERS: dict[str, str] = {"AutoQuantConfig": "optimum.quantization.autoquant:quantize_auto"}
+
+
+def config_handler(config):
+    """The function that builds a model for `config` when no single backend does, else None."""
+    target = _CONFIG_HANDLERS.get(type(config).__name__)
+    if target is None:
+        return None
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)

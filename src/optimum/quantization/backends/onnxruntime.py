@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 import tempfile
@@ -92,6 +93,17 @@ def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str],
             used.add(pattern)
     unused = check_patterns_used(config.exclude, used, "quantizable node")
     return excluded, unused
+
+
+def quantized_units(model: onnx.ModelProto, op_types, excluded) -> list[str]:
+    """Module names of the nodes that get quantized, in graph order (fused ops keep their node name).
+
+    Each is an `exclude` pattern that keeps exactly that module in FP32 on this graph: the accuracy-aware
+    search falls back with these names, never with names a quantizer renames afterwards (Gemm -> `_MatMul`).
+    """
+    skip = set(excluded)
+    names = (module_name_of(n.name) for n in model.graph.node if n.op_type in op_types and n.name not in skip)
+    return [glob.escape(name) for name in dict.fromkeys(names)]
 
 
 def resolve_reduce_range(value) -> bool:
@@ -207,7 +219,9 @@ class OnnxRuntimeBackend(Backend):
                 src = fused_path
         details["graph_fused"] = "fused_ops" in details
         op_types = config.op_types or DYNAMIC_OP_TYPES
-        nodes_to_exclude, unused = excluded_nodes(onnx.load(str(src), load_external_data=False), config, op_types)
+        graph = onnx.load(str(src), load_external_data=False)
+        nodes_to_exclude, unused = excluded_nodes(graph, config, op_types)
+        details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
         reduce_range = resolve_reduce_range(config.reduce_range)
         quantize_dynamic(
             src,
@@ -255,6 +269,7 @@ class OnnxRuntimeBackend(Backend):
         return {
             "op_types": op_types,
             "reduce_range": reduce_range,
+            "quantized_units": quantized_units(model, op_types, nodes_to_exclude),
             "calibration_samples": len(feeds),
             "unbounded_tensors": sorted(unbounded),
             "excluded_nodes": nodes_to_exclude,

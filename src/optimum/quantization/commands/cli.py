@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ..errors import QuantizationError
+from .auto import add_auto_arguments, run_auto
 from .benchmark import add_benchmark_arguments, add_evaluate_arguments, run_benchmark_command, run_evaluate_command
 from .push import add_push_arguments, run_push
 from .quantize import add_quantize_arguments, run_quantize
@@ -17,6 +18,7 @@ SUBCOMMANDS = {
     "benchmark": (add_benchmark_arguments, run_benchmark_command),
     "evaluate": (add_evaluate_arguments, run_evaluate_command),
     "push": (add_push_arguments, run_push),
+    "auto": (add_auto_arguments, run_auto),
 }
 DEFAULT_SUBCOMMAND = "quantize"
 
