@@ -17,6 +17,8 @@ _EXPORTS = {
     "StaticQuantConfig": "configuration",
     "WeightOnlyQuantConfig": "configuration",
     "CalibrationConfig": "configuration",
+    "QATConfig": "configuration",
+    "QATTrainer": "qat.trainer",
     "resolve_quant_config": "configuration",
     "config_from_dict": "configuration",
     "QuantizationRecipe": "recipe",
