@@ -99,3 +99,9 @@ register_backend(
     extra="onnxruntime",
 )
 register_backend("torch", "optimum.quantization.backends.torch:TorchBackend", requires=("torch",))
+register_backend(
+    "tensorrt",
+    "optimum.quantization.backends.tensorrt:TensorRTBackend",
+    requires=("onnxruntime", "onnx", "optimum.onnxruntime"),
+    extra="onnxruntime",
+)

@@ -21,7 +21,9 @@ AMAX_FLOOR = 1e-8  # an all-zero tensor still gets a finite, non-zero scale
 
 def fake_quant(x: torch.Tensor, amax: torch.Tensor, axis: int | None = None) -> torch.Tensor:
     """INT8 symmetric fake quant of `x` with range `amax` (a scalar, or one value per slice along `axis`)."""
-    scale = (amax.detach().float().clamp_min(AMAX_FLOOR) / QMAX).to(x.dtype if x.is_floating_point() else torch.float)
+    scale = amax.detach().float().clamp_min(AMAX_FLOOR) / QMAX
+    if torch.jit.is_tracing():  # ONNX export: scales become constants of the graph, not ops on a buffer
+        scale = torch.tensor(scale.tolist(), dtype=torch.float32, device=x.device)
     if axis is None:
         zero = torch.zeros((), dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, QMIN, QMAX)

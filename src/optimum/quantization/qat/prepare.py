@@ -35,6 +35,8 @@ KINDS = ("linear_input", "weight", "matmul_input", "residual_add")
 MATMUL_QUANTIZERS = (("matmul_q_quantizer", "matmul_k_quantizer"), ("matmul_a_quantizer", "matmul_v_quantizer"))
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+# Kept at import: exporters (optimum's ModelPatcher) swap the module attribute for a wrapper during export.
+_SDPA = F.scaled_dot_product_attention
 
 
 # --------------------------------------------------------------------------------------------- linear layers
@@ -141,7 +143,7 @@ class _Site:
 
 class _AttentionSite(_Site):
     def handle(self, func, args, kwargs):
-        if func is F.scaled_dot_product_attention:
+        if func is _SDPA:
             return self._attention(*args, **kwargs)
         if func in _MATMULS and len(args) == 2 and all(_is_activation(a) for a in args):
             if self.calls >= len(MATMUL_QUANTIZERS):
