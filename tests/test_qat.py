@@ -305,3 +305,61 @@ def test_export_refuses_an_unprepared_model(tmp_path):
         save_quantized(tiny("bert"), tmp_path / "x", "onnxruntime", QATConfig())
     with pytest.raises(ConfigError, match="Unknown QAT export backend"):
         save_quantized(prepared("bert"), tmp_path / "x", "torch", QATConfig())
+
+
+# --------------------------------------------------------------------------------------------- NNCF
+
+
+def test_nncf_qat_trains_and_exports_qdq_onnx(tmp_path):
+    pytest.importorskip("nncf", reason="method='nncf' needs the openvino extra (nncf)")
+    from optimum.quantization.qat.nncf import is_nncf_model
+
+    trainer = trainer_for(tmp_path, method="nncf", max_steps=4)
+    trainer.train()
+    assert is_nncf_model(trainer.model) and trainer.quantization_summary["nncf_quantizers"] > 0
+    assert trainer.args.save_safetensors is False
+    batch = batches(1, seed=3)[0]
+    with torch.no_grad():
+        expected = trainer.model.eval()(**batch).logits.numpy()
+    folder = trainer.save_quantized(tmp_path / "nncf-ort", backend="onnxruntime")
+    recipe = json.loads((folder / "quantization_config.json").read_text())
+    assert recipe["quantization"]["_data"]["method"] == "nncf"
+    assert recipe["details"]["int8_ops"]["QuantizeLinear"] >= 13  # every encoder/pooler linear input at least
+    got = _ort_logits(folder, batch)
+    assert np.abs(got - expected).max() <= EXPORT_RTOL * np.abs(expected).max() + 1e-3
+
+
+# --------------------------------------------------------------------------------------------- accelerate
+
+
+LAUNCHED_SCRIPT = '''
+import sys, torch, transformers
+sys.path.insert(0, {tests!r})
+from test_qat import trainer_for, quantizer_counts, EXPECTED_COUNTS
+from pathlib import Path
+trainer = trainer_for(Path({out!r}), max_steps=4, save_strategy="steps", save_steps=4, ddp_backend="gloo")
+trainer.train()
+assert trainer.args.world_size == 2, trainer.args.world_size
+assert quantizer_counts(trainer.accelerator.unwrap_model(trainer.model)) == EXPECTED_COUNTS["bert"]
+trainer.save_quantized({out!r} + "/exported")
+print("RANK", trainer.args.process_index, "DONE", trainer.state.global_step)
+'''
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch_completes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("DONE 4") == 2, result.stdout[-2000:]
+    assert (tmp_path / "exported" / "model.onnx").is_file() and (tmp_path / "run" / "checkpoint-4").is_dir()
