@@ -18,6 +18,8 @@ _EXPORTS = {
     "WeightOnlyQuantConfig": "configuration",
     "CalibrationConfig": "configuration",
     "AutoQuantConfig": "configuration",
+    "QATConfig": "configuration",
+    "QATTrainer": "qat.trainer",
     "resolve_quant_config": "configuration",
     "config_from_dict": "configuration",
     "QuantizationRecipe": "recipe",

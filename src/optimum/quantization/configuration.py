@@ -19,6 +19,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_FORMATS = ("qdq", "qoperator")
 WEIGHT_TYPES = ("int8", "uint8")
 WEIGHT_ONLY_BITS = (8, 4)
+QAT_METHODS = ("fake_quant", "nncf")
+QAT_CALIBRATORS = ("max", "percentile", "entropy", "mse")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
@@ -172,7 +174,45 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
         super().__post_init__()
 
 
-QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig]
+@dataclass
+class QATConfig(_QuantConfigBase):
+    """Quantization-aware training: insert INT8 fake quant, calibrate on a few training batches, fine-tune.
+
+    `method="fake_quant"` is the TensorRT quantization-toolkit recipe (as in QDQBERT): symmetric INT8 with
+    zero-point 0 (scale = amax / 127), per-tensor on the inputs of linear layers, per-channel on their weights,
+    on both inputs of the two attention matmuls (`quantize_matmul_inputs`) and of the residual adds
+    (`quantize_residual_adds`). Activation ranges come from `calibrator` ("max", "percentile" at `percentile`,
+    "entropy", "mse") over `calibration_batches` training batches and stay fixed while training.
+    `method="nncf"` hands the model to `nncf.quantize` (NNCF's own placement and ranges, `calibration_batches`
+    batches), then fine-tunes it. `exclude` takes module-name patterns kept in FP32 (task heads by default).
+    """
+
+    method: str = "fake_quant"
+    calibrator: str = "percentile"
+    percentile: float = 99.99
+    num_bins: int = 2048
+    calibration_batches: int = 8
+    quantize_matmul_inputs: bool = True
+    quantize_residual_adds: bool = True
+
+    def __post_init__(self):
+        _check_choice("QAT method", self.method, QAT_METHODS)
+        _check_choice("QAT calibrator", self.calibrator, QAT_CALIBRATORS)
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"`percentile` must be in (0, 100], got {self.percentile}.")
+        for name in ("num_bins", "calibration_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.weight_type != "int8" or self.reduce_range not in ("auto", False):
+            raise ConfigError(
+                "QAT quantizes symmetrically to signed 8 bits (TensorRT explicit precision): leave `weight_type` "
+                "at 'int8' and `reduce_range` at its default."
+            )
+        super().__post_init__()
+
+
+QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig, QATConfig]
 
 
 def _describe(value) -> str:
@@ -265,7 +305,7 @@ class AutoQuantConfig:
 
 # Allow-list of classes a serialised config may name.
 CONFIG_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig, AutoQuantConfig)
+    cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig, AutoQuantConfig, QATConfig)
 }
 
 

@@ -35,3 +35,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
 
 # Presets named in the design that later releases implement; asking for them gives a clear error today.
 PLANNED_PRESETS: tuple[str, ...] = ()
+
+# QAT fake quant (qat/prepare.py) finds its sites by module class names, not by architecture:
+# attention matmuls in the innermost module whose class name ends with this suffix
+# (BertSelfAttention, BertSdpaSelfAttention, MultiHeadSelfAttention, DistilBertSdpaAttention, GPT2Attention, ...),
+ATTENTION_CLASS_SUFFIX = "Attention"
+# residual adds in modules with a normalisation child of these class-name suffixes (or nn.LayerNorm) and no embedding.
+NORM_CLASS_SUFFIXES: tuple[str, ...] = ("LayerNorm", "RMSNorm")

@@ -99,6 +99,12 @@ register_backend(
     extra="onnxruntime",
 )
 register_backend("torch", "optimum.quantization.backends.torch:TorchBackend", requires=("torch",))
+register_backend(
+    "tensorrt",
+    "optimum.quantization.backends.tensorrt:TensorRTBackend",
+    requires=("onnxruntime", "onnx", "optimum.onnxruntime"),
+    extra="onnxruntime",
+)
 
 
 # Config types that no single backend runs: a handler above the backends does (the accuracy-aware search
