@@ -17,6 +17,7 @@ _EXPORTS = {
     "StaticQuantConfig": "configuration",
     "WeightOnlyQuantConfig": "configuration",
     "CalibrationConfig": "configuration",
+    "AccuracyControl": "accuracy_control",
     "resolve_quant_config": "configuration",
     "config_from_dict": "configuration",
     "QuantizationRecipe": "recipe",

@@ -136,6 +136,11 @@ class OnnxRuntimeBackend(Backend):
     def check_supports(self, task, config) -> None:
         super().check_supports(task, config)
         if isinstance(config, WeightOnlyQuantConfig):  # checked before the export, which takes a while
+            if config.ratio != 1.0:
+                raise ConfigError(
+                    "ONNX Runtime's MatMulNBits quantizer stores every weight in the same bits: `ratio` must be 1 "
+                    "(mixed 4/8-bit weights are available with backend='openvino')."
+                )
             unsupported = [op for op in config.op_types or () if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
             if unsupported:
                 supported = ", ".join(f"{op} ({'/'.join(map(str, b))}-bit)" for op, b in WEIGHT_ONLY_SUPPORTED_OPS.items())
