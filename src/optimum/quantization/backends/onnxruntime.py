@@ -9,7 +9,11 @@ from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.calibrate import save_tensors_data
+
+try:  # onnxruntime >= 1.32: precomputed ranges go to quantize_static through a calibration cache file
+    from onnxruntime.quantization.calibrate import save_tensors_data
+except ImportError:  # older wheels (onnxruntime-openvino 1.24): quantize_static calibrates min/max itself
+    save_tensors_data = None
 from optimum.onnxruntime import (
     ORTModelForCausalLM,
     ORTModelForFeatureExtraction,
@@ -26,7 +30,7 @@ from ..export import export_onnx
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
-from .ort_calibration import ORT_METHODS, calibrate
+from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,12 @@ def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str],
             used.add(pattern)
     unused = check_patterns_used(config.exclude, used, "quantizable node")
     return excluded, unused
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def resolve_reduce_range(value) -> bool:
@@ -239,14 +249,22 @@ class OnnxRuntimeBackend(Backend):
             node.name for node in model.graph.node
             if node.name not in nodes_to_exclude and unbounded.intersection([*node.input, *node.output])
         ]
-        cache = work_dir / "calibration.json"
-        save_tensors_data(ranges, cache)
         reduce_range = resolve_reduce_range(config.reduce_range)
+        if save_tensors_data is not None:
+            cache = work_dir / "calibration.json"
+            save_tensors_data(ranges, cache)
+            calibration = {"calibration_data_reader": None, "calibration_cache_path": cache}
+        elif config.calibration.method == "minmax":  # same min/max ranges, computed again by quantize_static
+            calibration = {"calibration_data_reader": ListDataReader(feeds)}
+        else:
+            raise ConfigError(
+                f"{config.calibration.method} calibration needs onnxruntime >= 1.32 (this one is "
+                f"{onnxruntime_version()}): use calibration='minmax'."
+            )
         quantize_static(
             src,
             dst,
-            None,
-            calibration_cache_path=cache,
+            **calibration,
             quant_format=FORMATS[config.format],
             op_types_to_quantize=op_types,
             per_channel=config.per_channel,
