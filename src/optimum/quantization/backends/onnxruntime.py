@@ -29,7 +29,7 @@ from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
-from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
+from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 
 logger = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ class ORTQuantModelForCausalLM(QuantizedModelMixin, ORTModelForCausalLM):
 
 def optimum_model_class(task: str) -> type:
     """optimum's `ORTModelFor<Task>` that our class for `task` extends; it also loads other tools' ONNX files."""
-    quant_class = OnnxRuntimeBackend.model_classes[task]
-    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+    return runtime_model_class(OnnxRuntimeBackend.model_classes[task])
 
 
 def module_name_of(node_name: str) -> str:

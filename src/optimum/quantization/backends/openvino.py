@@ -31,7 +31,7 @@ from ..evaluation.census import openvino_quantized_counts
 from ..export import check_exportable
 from ..hardware import CpuInfo, cpu_info
 from ..recipe import QuantizationRecipe
-from .base import Backend, QuantizationRequest, QuantizedModelMixin
+from .base import Backend, QuantizationRequest, QuantizedModelMixin, runtime_model_class
 from . import nncf_ptq
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ class OVQuantModelForCausalLM(QuantizedModelMixin, OVModelForCausalLM):
 
 def optimum_model_class(task: str) -> type:
     """optimum-intel's `OVModelFor<Task>` that our class for `task` extends."""
-    quant_class = OpenVINOBackend.model_classes[task]
-    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+    return runtime_model_class(OpenVINOBackend.model_classes[task])
 
 
 def choose_precision(requested: str, cpu: CpuInfo) -> tuple[str, str]:
