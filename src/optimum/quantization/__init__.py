@@ -17,6 +17,7 @@ _EXPORTS = {
     "StaticQuantConfig": "configuration",
     "WeightOnlyQuantConfig": "configuration",
     "CalibrationConfig": "configuration",
+    "AccuracyControl": "accuracy_control",
     "AutoQuantConfig": "configuration",
     "QATConfig": "configuration",
     "QATTrainer": "qat.trainer",

@@ -146,12 +146,21 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
     The INT8-only fields of the shared base do not apply: `per_channel` (blocks replace channels),
     `reduce_range` (no u8 x s8 activation products) and `weight_type` (`bits` and `symmetric` say it);
     a non-default value for them is refused rather than silently ignored.
+
+    `block_size` is NNCF's `group_size` (the OpenVINO backend uses it for 4-bit; NNCF's 8-bit weights are
+    per-channel). `ratio` (OpenVINO, 4-bit only) is the share of weights stored in 4 bits, the rest in 8 bits.
     """
 
     bits: int = 8
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    ratio: float = 1.0
+
+    @property
+    def group_size(self) -> int:
+        """NNCF's name for `block_size`."""
+        return self.block_size
 
     def __post_init__(self):
         for name, default in (("per_channel", True), ("reduce_range", "auto"), ("weight_type", "int8")):
@@ -171,6 +180,10 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
             raise ConfigError(
                 f"`accuracy_level` must be one of 0..4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.accuracy_level!r}."
             )
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"`ratio` must be a number in (0, 1] (the share of weights in `bits` bits), got {self.ratio!r}.")
+        if self.ratio != 1.0 and self.bits != 4:
+            raise ConfigError("`ratio` below 1 mixes 4-bit and 8-bit weights: it needs bits=4.")
         super().__post_init__()
 
 

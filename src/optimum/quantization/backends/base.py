@@ -126,6 +126,11 @@ class QuantizedModelMixin:
             )
 
 
+def runtime_model_class(quant_class: type) -> type:
+    """The runtime's own model class (optimum's ORTModelFor<Task>, OVModelFor<Task>) that `quant_class` extends."""
+    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+
+
 def matches_any(name: str, patterns: Sequence[str]) -> str | None:
     """The first fnmatch pattern that matches `name`, or None."""
     return next((p for p in patterns if fnmatchcase(name, p)), None)

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.calibrate import save_tensors_data
+
+try:  # onnxruntime >= 1.32: precomputed ranges go to quantize_static through a calibration cache file
+    from onnxruntime.quantization.calibrate import save_tensors_data
+except ImportError:  # older wheels (onnxruntime-openvino 1.24): quantize_static calibrates min/max itself
+    save_tensors_data = None
 from optimum.onnxruntime import (
     ORTModelForCausalLM,
     ORTModelForFeatureExtraction,
@@ -26,8 +30,8 @@ from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
-from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
-from .ort_calibration import ORT_METHODS, calibrate
+from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
+from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +74,7 @@ class ORTQuantModelForCausalLM(QuantizedModelMixin, ORTModelForCausalLM):
 
 def optimum_model_class(task: str) -> type:
     """optimum's `ORTModelFor<Task>` that our class for `task` extends; it also loads other tools' ONNX files."""
-    quant_class = OnnxRuntimeBackend.model_classes[task]
-    return next(base for base in quant_class.__bases__ if not issubclass(base, QuantizedModelMixin))
+    return runtime_model_class(OnnxRuntimeBackend.model_classes[task])
 
 
 def module_name_of(node_name: str) -> str:
@@ -104,6 +107,12 @@ def quantized_units(model: onnx.ModelProto, op_types, excluded) -> list[str]:
     skip = set(excluded)
     names = (module_name_of(n.name) for n in model.graph.node if n.op_type in op_types and n.name not in skip)
     return [glob.escape(name) for name in dict.fromkeys(names)]
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def resolve_reduce_range(value) -> bool:
@@ -148,6 +157,11 @@ class OnnxRuntimeBackend(Backend):
     def check_supports(self, task, config) -> None:
         super().check_supports(task, config)
         if isinstance(config, WeightOnlyQuantConfig):  # checked before the export, which takes a while
+            if config.ratio != 1.0:
+                raise ConfigError(
+                    "ONNX Runtime's MatMulNBits quantizer stores every weight in the same bits: `ratio` must be 1 "
+                    "(mixed 4/8-bit weights are available with backend='openvino')."
+                )
             unsupported = [op for op in config.op_types or () if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
             if unsupported:
                 supported = ", ".join(f"{op} ({'/'.join(map(str, b))}-bit)" for op, b in WEIGHT_ONLY_SUPPORTED_OPS.items())
@@ -248,14 +262,22 @@ class OnnxRuntimeBackend(Backend):
             node.name for node in model.graph.node
             if node.name not in nodes_to_exclude and unbounded.intersection([*node.input, *node.output])
         ]
-        cache = work_dir / "calibration.json"
-        save_tensors_data(ranges, cache)
         reduce_range = resolve_reduce_range(config.reduce_range)
+        if save_tensors_data is not None:
+            cache = work_dir / "calibration.json"
+            save_tensors_data(ranges, cache)
+            calibration = {"calibration_data_reader": None, "calibration_cache_path": cache}
+        elif config.calibration.method == "minmax":  # same min/max ranges, computed again by quantize_static
+            calibration = {"calibration_data_reader": ListDataReader(feeds)}
+        else:
+            raise ConfigError(
+                f"{config.calibration.method} calibration needs onnxruntime >= 1.32 (this one is "
+                f"{onnxruntime_version()}): use calibration='minmax'."
+            )
         quantize_static(
             src,
             dst,
-            None,
-            calibration_cache_path=cache,
+            **calibration,
             quant_format=FORMATS[config.format],
             op_types_to_quantize=op_types,
             per_channel=config.per_channel,
