@@ -297,6 +297,14 @@ def test_openvino_ir_holds_int8_fake_quantize_and_matches(tmp_path):
     logits = compiled(inputs)[compiled.output("logits")]
     assert np.abs(logits - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
 
+    # The folder loads through the OpenVINO backend as saved: an OVModel subclass carrying the QAT recipe.
+    from optimum.quantization import QuantModelForSequenceClassification
+
+    loaded = QuantModelForSequenceClassification.from_pretrained(folder)
+    assert loaded.quantization_recipe.backend == "openvino"
+    assert type(loaded.quantization_config).__name__ == "QATConfig"
+    assert loaded(**{k: v for k, v in batch.items() if k in inputs}).logits.shape == expected.shape
+
 
 def test_export_refuses_an_unprepared_model(tmp_path):
     from optimum.quantization.qat.export import save_quantized
