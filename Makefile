@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint-imports clean
+.PHONY: install demo test test-slow lint-imports clean test-onnxruntime-openvino
 
 # torch first and exact: any open range makes pip pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -31,5 +31,20 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no slow tests are defined yet"; else exit $$rc; fi
 
+# ONNX Runtime's OpenVINO execution provider lives in its own environment: the onnxruntime-openvino wheel
+# replaces the `onnxruntime` package folder, so it cannot be installed beside the `onnxruntime` extra.
+ORTOV_VENV ?= .venv-ortov
+ORTOV_STAMP := $(ORTOV_VENV)/.installed
+
+$(ORTOV_STAMP): pyproject.toml
+	test -x $(ORTOV_VENV)/bin/python || $(PYTHON) -m venv $(ORTOV_VENV)
+	$(ORTOV_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(ORTOV_VENV)/bin/python -m pip install --quiet -e ".[onnxruntime-openvino,dev]"
+	touch $(ORTOV_STAMP)
+
+# Only the tests marked onnxruntime_openvino (the main environment reports them skipped, with the reason).
+test-onnxruntime-openvino: $(ORTOV_STAMP)
+	HF_HUB_OFFLINE=1 $(ORTOV_VENV)/bin/python -m pytest -m onnxruntime_openvino
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(ORTOV_VENV) out .pytest_cache

@@ -75,14 +75,19 @@ def sst2(variants, threads: int | None) -> dict:
     return labelled
 
 
-def squad(variants, threads: int | None, limit: int | None) -> dict:
-    model = finetune.squad_qa_model()
-    examples = finetune.load_squad_examples("heldout")[:limit]
+def squad_calibration_file() -> Path:
+    """128 training-article questions (never the held-out ones) as a .jsonl calibration file."""
     train_questions = [(e["question"], e["context"]) for e in finetune.load_squad_examples("train")]
     random.Random(0).shuffle(train_questions)
-    calibration = calibration_file([json.dumps({"question": q, "context": c}) for q, c in train_questions[:128]], ".jsonl")
+    return calibration_file([json.dumps({"question": q, "context": c}) for q, c in train_questions[:128]], ".jsonl")
+
+
+def squad(variants, threads: int | None, limit: int | None, baseline: str = "pytorch-fp32") -> dict:
+    model = finetune.squad_qa_model()
+    examples = finetune.load_squad_examples("heldout")[:limit]
+    calibration = squad_calibration_file()
     return run_evaluation(
-        str(model), "question-answering", {"examples": examples}, variants, baseline="pytorch-fp32",
+        str(model), "question-answering", {"examples": examples}, variants, baseline=baseline,
         calibration_data=calibration, threads=threads,
         data_description=f"SQuAD v1.1 dev, {len(examples)} questions of the 8 held-out articles",
     )
@@ -94,12 +99,13 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="SQuAD: first N held-out questions only")
+    parser.add_argument("--name", help="results file stem (default: BENCHMARK_accuracy)")
     args = parser.parse_args()
     if args.benchmark == "sst2":
         result = sst2(args.variants, args.threads)
     else:
         result = squad(args.variants, args.threads, args.limit)
-    write_reports(result, RESULTS, f"{args.benchmark}_accuracy")
+    write_reports(result, RESULTS, args.name or f"{args.benchmark}_accuracy")
     print(evaluation_markdown(result))
     return 0
 

@@ -9,6 +9,7 @@ import pytest
 from optimum.quantization import configuration
 from optimum.quantization.configuration import (
     CALIBRATION_METHODS,
+    AutoQuantConfig,
     CalibrationConfig,
     DynamicQuantConfig,
     StaticQuantConfig,
@@ -17,7 +18,7 @@ from optimum.quantization.configuration import (
     resolve_quant_config,
 )
 from optimum.quantization.errors import ConfigError
-from optimum.quantization.presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS
+from optimum.quantization.presets import DEFAULT_EXCLUDE, PRESETS
 from optimum.quantization.recipe import FORMAT_VERSION, RECIPE_FILE, QuantizationRecipe, find_recipe
 
 NON_DEFAULT_CONFIGS = [
@@ -173,19 +174,46 @@ def test_unknown_preset_lists_valid_presets():
         assert repr(name) in message
 
 
-@pytest.mark.parametrize("preset", PLANNED_PRESETS)
-def test_planned_preset_says_not_available_and_lists_presets(preset):
+def test_planned_preset_says_not_available_and_lists_presets(monkeypatch):
+    monkeypatch.setattr(configuration, "PLANNED_PRESETS", ("int2-someday",))
     with pytest.raises(ConfigError) as info:
-        resolve_quant_config(preset)
+        resolve_quant_config("int2-someday")
     message = str(info.value)
     assert "not available" in message
     for name in PRESETS:
         assert name in message
 
 
-def test_planned_auto_preset_raises():
-    with pytest.raises(ConfigError, match="'auto' is not available"):
-        resolve_quant_config("auto")
+def test_auto_preset_is_an_accuracy_aware_search_config():
+    config = resolve_quant_config("auto")
+    assert isinstance(config, AutoQuantConfig)
+    assert config.tolerance == 0.3 and config.backends == ["onnxruntime"]
+
+
+def test_auto_config_round_trips_without_its_callable_and_dataset():
+    def my_metric(model):
+        return 1.0
+
+    config = AutoQuantConfig(metric=my_metric, tolerance=0.5, eval_dataset=["a", "b"], candidates=["dynamic"], seed=3)
+    data = json.loads(config.to_json_string())
+    assert "eval_dataset" not in data["_data"] and data["_data"]["metric"] is None
+    assert data["_data"]["metric_name"].endswith("my_metric")
+    assert data["_data"]["eval_dataset_description"] == "list, 2 examples"
+    loaded = config_from_dict(data)
+    assert loaded.metric is None and loaded.eval_dataset is None
+    assert loaded.replace(metric=my_metric, eval_dataset=["a", "b"]) == config
+    named = AutoQuantConfig(metric="f1", tolerance=1.0)
+    assert config_from_json_string(named.to_json_string()) == named
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"tolerance": -1}, "tolerance"), ({"metric": 3}, "metric"), ({"backends": []}, "backends"),
+     ({"max_trials": 0}, "max_trials"), ({"time_budget_s": 0}, "time_budget_s"), ({"latency_noise": 1.5}, "latency_noise")],
+)
+def test_bad_auto_config_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        AutoQuantConfig(**kwargs)
 
 
 def test_unknown_calibration_method_lists_methods():

@@ -19,6 +19,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 STATIC_FORMATS = ("qdq", "qoperator")
 WEIGHT_TYPES = ("int8", "uint8")
 WEIGHT_ONLY_BITS = (8, 4)
+QAT_METHODS = ("fake_quant", "nncf")
+QAT_CALIBRATORS = ("max", "percentile", "entropy", "mse")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
@@ -144,12 +146,21 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
     The INT8-only fields of the shared base do not apply: `per_channel` (blocks replace channels),
     `reduce_range` (no u8 x s8 activation products) and `weight_type` (`bits` and `symmetric` say it);
     a non-default value for them is refused rather than silently ignored.
+
+    `block_size` is NNCF's `group_size` (the OpenVINO backend uses it for 4-bit; NNCF's 8-bit weights are
+    per-channel). `ratio` (OpenVINO, 4-bit only) is the share of weights stored in 4 bits, the rest in 8 bits.
     """
 
     bits: int = 8
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    ratio: float = 1.0
+
+    @property
+    def group_size(self) -> int:
+        """NNCF's name for `block_size`."""
+        return self.block_size
 
     def __post_init__(self):
         for name, default in (("per_channel", True), ("reduce_range", "auto"), ("weight_type", "int8")):
@@ -169,14 +180,145 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
             raise ConfigError(
                 f"`accuracy_level` must be one of 0..4 (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.accuracy_level!r}."
             )
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"`ratio` must be a number in (0, 1] (the share of weights in `bits` bits), got {self.ratio!r}.")
+        if self.ratio != 1.0 and self.bits != 4:
+            raise ConfigError("`ratio` below 1 mixes 4-bit and 8-bit weights: it needs bits=4.")
         super().__post_init__()
 
 
-QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig]
+@dataclass
+class QATConfig(_QuantConfigBase):
+    """Quantization-aware training: insert INT8 fake quant, calibrate on a few training batches, fine-tune.
+
+    `method="fake_quant"` is the TensorRT quantization-toolkit recipe (as in QDQBERT): symmetric INT8 with
+    zero-point 0 (scale = amax / 127), per-tensor on the inputs of linear layers, per-channel on their weights,
+    on both inputs of the two attention matmuls (`quantize_matmul_inputs`) and of the residual adds
+    (`quantize_residual_adds`). Activation ranges come from `calibrator` ("max", "percentile" at `percentile`,
+    "entropy", "mse") over `calibration_batches` training batches and stay fixed while training.
+    `method="nncf"` hands the model to `nncf.quantize` (NNCF's own placement and ranges, `calibration_batches`
+    batches), then fine-tunes it. `exclude` takes module-name patterns kept in FP32 (task heads by default).
+    """
+
+    method: str = "fake_quant"
+    calibrator: str = "percentile"
+    percentile: float = 99.99
+    num_bins: int = 2048
+    calibration_batches: int = 8
+    quantize_matmul_inputs: bool = True
+    quantize_residual_adds: bool = True
+
+    def __post_init__(self):
+        _check_choice("QAT method", self.method, QAT_METHODS)
+        _check_choice("QAT calibrator", self.calibrator, QAT_CALIBRATORS)
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"`percentile` must be in (0, 100], got {self.percentile}.")
+        for name in ("num_bins", "calibration_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.weight_type != "int8" or self.reduce_range not in ("auto", False):
+            raise ConfigError(
+                "QAT quantizes symmetrically to signed 8 bits (TensorRT explicit precision): leave `weight_type` "
+                "at 'int8' and `reduce_range` at its default."
+            )
+        super().__post_init__()
+
+
+QuantConfig = Union[DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig, QATConfig]
+
+
+def _describe(value) -> str:
+    """A short, JSON-safe description of an object that is not serialised (a callable, a dataset)."""
+    if value is None or isinstance(value, str):
+        return value
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
+    if name is not None:
+        return f"{getattr(value, '__module__', '')}.{name}".lstrip(".")
+    if isinstance(value, dict):  # {"texts": [...], "labels": [...]} or {"examples": [...]}
+        value = next((v for v in value.values() if isinstance(v, (list, tuple))), value)
+        size = f", {len(value)} examples" if isinstance(value, (list, tuple)) else ""
+        return f"dict{size}"
+    size = f", {len(value)} examples" if hasattr(value, "__len__") else ""
+    return f"{type(value).__name__}{size}"
+
+
+@dataclass
+class AutoQuantConfig:
+    """Accuracy-aware search: the fastest quantized model whose metric stays within `tolerance` of FP32.
+
+    `metric` is a callable `metric(model) -> float` (higher is better) or a metric name scored on
+    `eval_dataset` ("accuracy"/"f1" for classification, "f1"/"exact_match" for question answering; None:
+    the task's first). `tolerance` is the largest drop allowed, in the metric's own units (points for the
+    percent metrics). The callable and the dataset are not serialised: the saved form keeps their names.
+    The search itself is `optimum.quantization.autoquant`; see its docstring for the order of trials.
+    """
+
+    VERSION: ClassVar[int] = 1
+    requires_calibration: ClassVar[bool] = False  # static candidates use calibration data when it is given
+    _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("metric", "eval_dataset")  # a name-valued metric is kept
+
+    metric: Any = None
+    tolerance: float = 0.3
+    eval_dataset: Any = None
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    candidates: list[str] | None = None  # names from autoquant's candidate table; None: all of each backend's
+    max_trials: int = 40
+    time_budget_s: float | None = None
+    max_fallback_units: int = 8  # most quantized units kept in FP32 before giving up on a candidate
+    latency_batch_size: int = 1
+    latency_sequence_length: int = 128
+    latency_noise: float = 0.10  # relative latency differences below this are noise: expected speed order decides
+    seed: int = 0
+    work_dir: str | None = None  # trial log + best model so far; a rerun with the same folder resumes
+    show_progress: bool = True
+    metric_name: str | None = None  # recorded name of the metric (set from `metric` when it is a name)
+    eval_dataset_description: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.metric, str):
+            self.metric_name = self.metric_name or self.metric
+        elif self.metric is not None and not callable(self.metric):
+            raise ConfigError(f"`metric` must be a metric name or a callable metric(model) -> float, got {self.metric!r}.")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or self.tolerance < 0:
+            raise ConfigError(f"`tolerance` must be a number >= 0 (the largest metric drop allowed), got {self.tolerance!r}.")
+        self.backends = _check_patterns("backends", self.backends)
+        if not self.backends:
+            raise ConfigError("`backends` must name at least one backend, e.g. ['onnxruntime'].")
+        if self.candidates is not None:
+            self.candidates = _check_patterns("candidates", self.candidates)
+        for name in ("max_trials", "latency_batch_size", "latency_sequence_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}.")
+        if isinstance(self.max_fallback_units, bool) or not isinstance(self.max_fallback_units, int) or self.max_fallback_units < 0:
+            raise ConfigError(f"`max_fallback_units` must be an integer >= 0, got {self.max_fallback_units!r}.")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"`time_budget_s` must be a positive number of seconds or None, got {self.time_budget_s!r}.")
+        if not 0 <= float(self.latency_noise) < 1:
+            raise ConfigError(f"`latency_noise` must be in [0, 1), got {self.latency_noise!r}.")
+        if self.eval_dataset is not None and self.eval_dataset_description is None:
+            self.eval_dataset_description = _describe(self.eval_dataset)
+        if callable(self.metric) and self.metric_name is None:
+            self.metric_name = _describe(self.metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The searchable settings; the metric callable and the dataset are kept out (their names stay)."""
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in self._NOT_SERIALISED}
+        data["metric"] = self.metric if isinstance(self.metric, str) else None
+        return {"_type": type(self).__name__, "_version": self.VERSION, "_data": data}
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "AutoQuantConfig":
+        """A copy with some fields changed; the dataset and metric callable are shared, never copied."""
+        return dataclasses.replace(self, **changes)
+
 
 # Allow-list of classes a serialised config may name.
 CONFIG_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig)
+    cls.__name__: cls for cls in (DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig, AutoQuantConfig, QATConfig)
 }
 
 
@@ -207,7 +349,7 @@ def config_from_json_string(text: str) -> QuantConfig:
     return config_from_dict(json.loads(text))
 
 
-def resolve_quant_config(quantize, task: str | None = None) -> QuantConfig | None:
+def resolve_quant_config(quantize, task: str | None = None) -> QuantConfig | AutoQuantConfig | None:
     """Turn what a user passes as `quantize=` (None, a preset name, a dict or a config) into a config.
 
     With `task`, a generic preset may mean the task's own recipe (`presets.TASK_PRESETS`: "int8" is weight-only

@@ -20,21 +20,24 @@ EXPORT_TASKS = {
 }
 
 
-def check_exportable(model_type: str, task: str) -> None:
-    """Raise UnsupportedModelError when optimum's ONNX exporter cannot export this model type for this task."""
-    import optimum.exporters.onnx  # noqa: F401  (fills the TasksManager tables)
+def check_exportable(model_type: str, task: str, exporter: str = "onnx") -> None:
+    """Raise UnsupportedModelError when optimum's `exporter` ("onnx" or "openvino") cannot export this model for `task`."""
+    import importlib
+
+    importlib.import_module(f"optimum.exporters.{exporter}")  # fills the TasksManager tables
     from optimum.exporters.tasks import TasksManager
 
+    shown = {"onnx": "ONNX", "openvino": "OpenVINO"}.get(exporter, exporter)
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter, library_name="transformers")
     except KeyError as err:
         raise UnsupportedModelError(
-            f"Model type {model_type!r} cannot be exported to ONNX by optimum's exporter. "
+            f"Model type {model_type!r} cannot be exported to {shown} by optimum's exporter. "
             "Use a supported architecture (BERT, RoBERTa, DistilBERT, GPT-2, LLaMA, ...) or the 'torch' backend."
         ) from err
     if EXPORT_TASKS[task] not in tasks:
         raise UnsupportedModelError(
-            f"Model type {model_type!r} supports the ONNX export tasks {sorted(tasks)}, not {EXPORT_TASKS[task]!r}."
+            f"Model type {model_type!r} supports the {shown} export tasks {sorted(tasks)}, not {EXPORT_TASKS[task]!r}."
         )
 
 

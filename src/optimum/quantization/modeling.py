@@ -14,7 +14,7 @@ from .calibration import load_calibration_examples
 from .configuration import resolve_quant_config
 from .errors import ConfigError, ModelNotFoundError, UnsupportedModelError
 from .recipe import RECIPE_FILE, find_recipe
-from .registry import get_backend
+from .registry import config_handler, get_backend
 from .backends.base import QuantizationRequest
 
 logger = logging.getLogger(__name__)
@@ -129,13 +129,20 @@ def load_or_quantize(
             "(the default) to export and quantize it."
         )
     config = resolve_quant_config(quantize, task)
-    quant_backend = get_backend(backend or DEFAULT_BACKEND)
-    quant_backend.check_supports(task, config)
-
     # A local source is recorded absolute, so the recipe never mistakes a folder name for a Hub id (model card).
     source = str(folder.resolve()) if folder is not None else str(model_id_or_path)
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    handler = config_handler(config)
+    if handler is not None:  # e.g. quantize="auto": a search that calls back into this function per trial
+        if backend is not None:
+            raise ConfigError(f"{type(config).__name__} chooses among backends itself: pass `backends=[...]` in it, not `backend=`.")
+        return handler(
+            task, source, config, calibration_dataset=calibration_dataset, tokenizer=tokenizer,
+            text_column=text_column, hub_kwargs=hub_kwargs, load_kwargs=load_kwargs,
+        )
+    quant_backend = get_backend(backend or DEFAULT_BACKEND)
+    quant_backend.check_supports(task, config)
     needs_calibration = config is not None and config.requires_calibration
     calibration_examples = None
     if needs_calibration:  # read it before the slow export so a bad file fails fast
@@ -175,7 +182,9 @@ class _QuantModel:
                 with `push_to_hub`) loads as saved; `revision`, `subfolder`, `token` and `cache_dir` apply.
             export: export the PyTorch checkpoint (default when the folder holds no quantized model).
             backend: a registered backend name (default "onnxruntime"); see `available_backends()`.
-            quantize: None (FP32 export), a preset ("dynamic", "static", "int8"), a config object or its dict.
+            quantize: None (FP32 export), a preset ("dynamic", "static", "int8", "w8", "w4", "auto"), a config
+                object or its dict. "auto" / `AutoQuantConfig` searches for the fastest model within a metric
+                tolerance of FP32 (`optimum.quantization.autoquant`); pass `eval_dataset=` and `metric=` with it.
             calibration_dataset: texts, a `datasets.Dataset`, a .txt/.csv/.json file or a local dataset name;
                 required by static quantization.
             tokenizer: the tokenizer to calibrate with and save beside the model (default: the model's own).

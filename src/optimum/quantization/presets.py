@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # Weight-only blockwise (ORT MatMulNBits): the decoder recipe. SmolLM2-135M 8-bit block 32: +0.67% perplexity, 2.3x smaller.
     "w8": ("WeightOnlyQuantConfig", {"bits": 8, "block_size": 32}),
     "w4": ("WeightOnlyQuantConfig", {"bits": 4, "block_size": 32}),
+    # Accuracy-aware search (optimum.quantization.autoquant): needs `eval_dataset=` (and a metric) at load time.
+    "auto": ("AutoQuantConfig", {}),
 }
 
 # What a generic preset means for one task, where the generic recipe is wrong for it. "int8" asks for the best
@@ -40,4 +42,11 @@ TASK_PRESETS: dict[str, dict[str, str]] = {
 }
 
 # Presets named in the design that later releases implement; asking for them gives a clear error today.
-PLANNED_PRESETS: tuple[str, ...] = ("auto",)
+PLANNED_PRESETS: tuple[str, ...] = ()
+
+# QAT fake quant (qat/prepare.py) finds its sites by module class names, not by architecture:
+# attention matmuls in the innermost module whose class name ends with this suffix
+# (BertSelfAttention, BertSdpaSelfAttention, MultiHeadSelfAttention, DistilBertSdpaAttention, GPT2Attention, ...),
+ATTENTION_CLASS_SUFFIX = "Attention"
+# residual adds in modules with a normalisation child of these class-name suffixes (or nn.LayerNorm) and no embedding.
+NORM_CLASS_SUFFIXES: tuple[str, ...] = ("LayerNorm", "RMSNorm")

@@ -7,6 +7,7 @@ the module is imported on the first `get_backend(name)`, after checking its depe
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 
@@ -19,9 +20,12 @@ class BackendEntry:
     target: str | type  # "package.module:ClassName" or the class itself
     requires: tuple[str, ...] = ()  # importable module names the backend needs
     extra: str | None = None  # pip extra that installs them
+    requires_dists: tuple[str, ...] = ()  # installed distributions it needs (when the module name is ambiguous)
+    note: str | None = None  # said after the install hint when something is missing
 
     def missing(self) -> list[str]:
-        return [module for module in self.requires if not _importable(module)]
+        modules = [module for module in self.requires if not _importable(module)]
+        return modules + [dist for dist in self.requires_dists if not _installed(dist)]
 
 
 def _importable(module: str) -> bool:
@@ -31,11 +35,21 @@ def _importable(module: str) -> bool:
         return False
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 _REGISTRY: dict[str, BackendEntry] = {}
 _LOADED: dict[str, type] = {}
 
 
-def register_backend(name: str, target: str | type | None = None, *, requires=(), extra: str | None = None):
+def register_backend(
+    name: str, target: str | type | None = None, *, requires=(), extra: str | None = None, requires_dists=(), note=None
+):
     """Register a backend by name.
 
     Use as a call, ``register_backend("mine", "pkg.mod:MyBackend", requires=("onnxruntime",))``, or as a
@@ -43,7 +57,7 @@ def register_backend(name: str, target: str | type | None = None, *, requires=()
     """
 
     def _register(obj):
-        _REGISTRY[name] = BackendEntry(name, obj, tuple(requires), extra)
+        _REGISTRY[name] = BackendEntry(name, obj, tuple(requires), extra, tuple(requires_dists), note)
         _LOADED.pop(name, None)
         if isinstance(obj, type):
             obj.name = name
@@ -65,6 +79,7 @@ def get_backend(name: str):
         hint = f'pip install "optimum-quantization[{entry.extra}]"' if entry.extra else f"pip install {' '.join(missing)}"
         raise BackendUnavailableError(
             f"Backend {name!r} needs {', '.join(missing)}, which is not installed. Install it with: {hint}"
+            + (f". {entry.note}" if entry.note else "")
         )
     if name not in _LOADED:
         target = entry.target
@@ -99,3 +114,41 @@ register_backend(
     extra="onnxruntime",
 )
 register_backend("torch", "optimum.quantization.backends.torch:TorchBackend", requires=("torch",))
+register_backend(
+    "tensorrt",
+    "optimum.quantization.backends.tensorrt:TensorRTBackend",
+    requires=("onnxruntime", "onnx", "optimum.onnxruntime"),
+    extra="onnxruntime",
+)
+register_backend(
+    "openvino",
+    "optimum.quantization.backends.openvino:OpenVINOBackend",
+    requires=("openvino", "nncf", "optimum.intel"),
+    extra="openvino,nncf",
+)
+register_backend(
+    "onnxruntime-openvino",
+    "optimum.quantization.backends.onnxruntime_openvino:OnnxRuntimeOpenVINOBackend",
+    requires=("onnxruntime", "onnx", "optimum.onnxruntime"),
+    requires_dists=("onnxruntime-openvino",),
+    extra="onnxruntime-openvino",
+    note=(
+        "Its wheel replaces the `onnxruntime` package, so it cannot share an environment with the "
+        "`onnxruntime` extra: create a separate virtual environment for it (see the README, `make test-onnxruntime-openvino`)"
+    ),
+)
+
+
+
+# Config types that no single backend runs: a handler above the backends does (the accuracy-aware search
+# tries several backends' configs). Config class name -> lazy "module:function", imported on first use.
+_CONFIG_HANDLERS: dict[str, str] = {"AutoQuantConfig": "optimum.quantization.autoquant:quantize_auto"}
+
+
+def config_handler(config):
+    """The function that builds a model for `config` when no single backend does, else None."""
+    target = _CONFIG_HANDLERS.get(type(config).__name__)
+    if target is None:
+        return None
+    module_name, _, function_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)

@@ -132,8 +132,10 @@ class OurQuantized(VariantBuilder):
     def load(self, spec, folder, task, threads):
         backend = spec.options.get("backend", "onnxruntime")
         kwargs = {}
-        if backend == "onnxruntime" and threads is not None:
+        if backend in ("onnxruntime", "onnxruntime-openvino") and threads is not None:
             kwargs["session_options"] = _ort_session_options(threads)
+        if backend == "openvino" and threads is not None:
+            kwargs["ov_config"] = _ov_config(threads)
         model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **kwargs)
         return model.eval() if hasattr(model, "eval") else model
 
@@ -195,6 +197,67 @@ class OptimumORTQuantizer(VariantBuilder):
         )
 
 
+def _ov_config(threads: int | None) -> dict:
+    return {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+
+
+@register_variant_kind("openvino")
+class OpenVINOQuantized(OurQuantized):
+    """Ours on OpenVINO: options {quantize, precision} (precision "auto", "int8" or "int8-weights")."""
+
+    requires = ("openvino", "nncf", "optimum.intel")
+    extra = "openvino,nncf"
+
+    def build(self, spec, context, folder):
+        quantize = spec.options.get("quantize")
+        extra = {"precision": spec.options["precision"]} if "precision" in spec.options else {}
+        model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
+            str(context.source_dir),
+            backend="openvino",
+            quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
+            calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
+            **extra,
+        )
+        model.save_pretrained(folder)
+
+    def load(self, spec, folder, task, threads):
+        return QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), ov_config=_ov_config(threads))
+
+
+@register_variant_kind("optimum-intel-ovquantizer")
+class OptimumIntelOVQuantizer(VariantBuilder):
+    """optimum-intel's `OVQuantizer` with its default `OVQuantizationConfig()` (static INT8), fed our calibration data."""
+
+    requires = ("openvino", "nncf", "optimum.intel")
+    extra = "openvino,nncf"
+    NUM_SAMPLES = 128
+
+    def build(self, spec, context, folder):
+        import nncf
+        from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
+        from transformers import AutoTokenizer
+
+        from .backends.openvino import optimum_model_class
+        from .calibration import load_calibration_examples, tokenize_examples
+
+        if context.calibration_file is None:
+            raise ConfigError(f"{spec.name}: OVQuantizer's static INT8 needs calibration data.")
+        model = optimum_model_class(context.task).from_pretrained(context.source_dir, export=True, compile=False)
+        tokenizer = AutoTokenizer.from_pretrained(context.source_dir)
+        examples = load_calibration_examples(str(context.calibration_file), num_samples=self.NUM_SAMPLES)
+        feeds = tokenize_examples(examples, tokenizer, sequence_length=128, input_names=list(model.input_names))
+        OVQuantizer(model).quantize(
+            calibration_dataset=nncf.Dataset(feeds), save_directory=folder,
+            ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(feeds))),
+        )
+        tokenizer.save_pretrained(folder)
+
+    def load(self, spec, folder, task, threads):
+        from .backends.openvino import optimum_model_class
+
+        return optimum_model_class(task).from_pretrained(folder, ov_config=_ov_config(threads))
+
+
 def _quantized(backend: str, quantize) -> dict:
     return {"backend": backend, "quantize": quantize}
 
@@ -212,6 +275,13 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ort-int8-weight-only", "quantized", _quantized("onnxruntime", "w8")),
         VariantSpec("optimum-avx512_vnni", "optimum-ortquantizer", {"preset": "avx512_vnni"}),
         VariantSpec("optimum-avx2", "optimum-ortquantizer", {"preset": "avx2"}),
+        VariantSpec("ov-fp32", "openvino", {"quantize": None}),
+        VariantSpec("ov-int8-nncf", "openvino", {"quantize": "static", "precision": "int8"}),
+        VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
+        VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
+        VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
+        VariantSpec("ort-ovep-fp32", "quantized", _quantized("onnxruntime-openvino", None)),
+        VariantSpec("ort-ovep-int8-static", "quantized", _quantized("onnxruntime-openvino", "static")),
     )
 }
 DEFAULT_BASELINE = "ort-fp32-fused"

@@ -126,6 +126,12 @@ class QuantizedModelMixin:
             )
 
 
+def runtime_model_class(quant_class: type) -> type:
+    """The runtime's own model class (optimum's ORTModelFor<Task>, OVModelFor<Task>) that `quant_class` extends."""
+    # Our own bases are mixins (the recipe, IO-binding buffers); the runtime's class is the one from elsewhere.
+    return next(base for base in quant_class.__bases__ if not base.__module__.startswith("optimum.quantization."))
+
+
 def matches_any(name: str, patterns: Sequence[str]) -> str | None:
     """The first fnmatch pattern that matches `name`, or None."""
     return next((p for p in patterns if fnmatchcase(name, p)), None)

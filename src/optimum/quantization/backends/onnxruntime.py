@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 import tempfile
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.calibrate import save_tensors_data
+
+try:  # onnxruntime >= 1.32: precomputed ranges go to quantize_static through a calibration cache file
+    from onnxruntime.quantization.calibrate import save_tensors_data
+except ImportError:  # older wheels (onnxruntime-openvino 1.24): quantize_static calibrates min/max itself
+    save_tensors_data = None
 from optimum.onnxruntime import (
-    ORTModel,
     ORTModelForCausalLM,
     ORTModelForFeatureExtraction,
     ORTModelForQuestionAnswering,
@@ -26,9 +30,9 @@ from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
-from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any
+from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
+from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .ort_kv_buffers import PreallocatedKVBindingMixin
-from .ort_calibration import ORT_METHODS, calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,7 @@ class ORTQuantModelForCausalLM(QuantizedModelMixin, PreallocatedKVBindingMixin, 
 
 def optimum_model_class(task: str) -> type:
     """optimum's `ORTModelFor<Task>` that our class for `task` extends; it also loads other tools' ONNX files."""
-    quant_class = OnnxRuntimeBackend.model_classes[task]
-    return next(base for base in quant_class.__bases__ if issubclass(base, ORTModel))
+    return runtime_model_class(OnnxRuntimeBackend.model_classes[task])
 
 
 def module_name_of(node_name: str) -> str:
@@ -99,6 +102,23 @@ def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str],
             used.add(pattern)
     unused = check_patterns_used(config.exclude, used, "quantizable node")
     return excluded, unused
+
+
+def quantized_units(model: onnx.ModelProto, op_types, excluded) -> list[str]:
+    """Module names of the nodes that get quantized, in graph order (fused ops keep their node name).
+
+    Each is an `exclude` pattern that keeps exactly that module in FP32 on this graph: the accuracy-aware
+    search falls back with these names, never with names a quantizer renames afterwards (Gemm -> `_MatMul`).
+    """
+    skip = set(excluded)
+    names = (module_name_of(n.name) for n in model.graph.node if n.op_type in op_types and n.name not in skip)
+    return [glob.escape(name) for name in dict.fromkeys(names)]
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def resolve_reduce_range(value) -> bool:
@@ -143,6 +163,11 @@ class OnnxRuntimeBackend(Backend):
     def check_supports(self, task, config) -> None:
         super().check_supports(task, config)
         if isinstance(config, WeightOnlyQuantConfig):  # checked before the export, which takes a while
+            if config.ratio != 1.0:
+                raise ConfigError(
+                    "ONNX Runtime's MatMulNBits quantizer stores every weight in the same bits: `ratio` must be 1 "
+                    "(mixed 4/8-bit weights are available with backend='openvino')."
+                )
             unsupported = [op for op in config.op_types or () if config.bits not in WEIGHT_ONLY_SUPPORTED_OPS.get(op, ())]
             if unsupported:
                 supported = ", ".join(f"{op} ({'/'.join(map(str, b))}-bit)" for op, b in WEIGHT_ONLY_SUPPORTED_OPS.items())
@@ -216,7 +241,9 @@ class OnnxRuntimeBackend(Backend):
                 src = fused_path
         details["graph_fused"] = "fused_ops" in details
         op_types = config.op_types or DYNAMIC_OP_TYPES
-        nodes_to_exclude, unused = excluded_nodes(onnx.load(str(src), load_external_data=False), config, op_types)
+        graph = onnx.load(str(src), load_external_data=False)
+        nodes_to_exclude, unused = excluded_nodes(graph, config, op_types)
+        details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
         reduce_range = resolve_reduce_range(config.reduce_range)
         quantize_dynamic(
             src,
@@ -243,14 +270,22 @@ class OnnxRuntimeBackend(Backend):
             node.name for node in model.graph.node
             if node.name not in nodes_to_exclude and unbounded.intersection([*node.input, *node.output])
         ]
-        cache = work_dir / "calibration.json"
-        save_tensors_data(ranges, cache)
         reduce_range = resolve_reduce_range(config.reduce_range)
+        if save_tensors_data is not None:
+            cache = work_dir / "calibration.json"
+            save_tensors_data(ranges, cache)
+            calibration = {"calibration_data_reader": None, "calibration_cache_path": cache}
+        elif config.calibration.method == "minmax":  # same min/max ranges, computed again by quantize_static
+            calibration = {"calibration_data_reader": ListDataReader(feeds)}
+        else:
+            raise ConfigError(
+                f"{config.calibration.method} calibration needs onnxruntime >= 1.32 (this one is "
+                f"{onnxruntime_version()}): use calibration='minmax'."
+            )
         quantize_static(
             src,
             dst,
-            None,
-            calibration_cache_path=cache,
+            **calibration,
             quant_format=FORMATS[config.format],
             op_types_to_quantize=op_types,
             per_channel=config.per_channel,
@@ -264,6 +299,7 @@ class OnnxRuntimeBackend(Backend):
         return {
             "op_types": op_types,
             "reduce_range": reduce_range,
+            "quantized_units": quantized_units(model, op_types, nodes_to_exclude),
             "calibration_samples": len(feeds),
             "unbounded_tensors": sorted(unbounded),
             "excluded_nodes": nodes_to_exclude,

@@ -106,6 +106,7 @@ class TorchBackend(Backend):
             _quantize_dynamic(model, linears, config.per_channel)
             details = {
                 "quantized_modules": len(linears),
+                "quantized_units": linears,  # each an `exclude` pattern keeping that nn.Linear in FP32
                 "excluded_modules": sorted(excluded),
                 "unused_exclude_patterns": check_patterns_used(config.exclude, used, "nn.Linear module"),
                 # fbgemm's dynamic linear quantizes activations with a reduced (7-bit) range on every CPU.

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ..errors import QuantizationError
+from .auto import add_auto_arguments, run_auto
 from .benchmark import add_benchmark_arguments, add_evaluate_arguments, run_benchmark_command, run_evaluate_command
 from .generation import (
     add_generation_benchmark_arguments,
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "push": (add_push_arguments, run_push),
     "generation-benchmark": (add_generation_benchmark_arguments, run_generation_benchmark_command),
     "generations": (add_generations_arguments, run_generations_command),
+    "auto": (add_auto_arguments, run_auto),
 }
 DEFAULT_SUBCOMMAND = "quantize"
 

@@ -12,6 +12,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..recipe import QuantizationRecipe
 from ..registry import pip_install_target
+from ..search_report import REPORT_DETAILS_KEY, search_report_markdown
 
 CARD_FILE = "README.md"
 LIBRARY_NAME = "optimum-quantization"
@@ -116,6 +117,7 @@ def build_model_card(
         settings=_rows(settings),
         versions=", ".join(f"{name} {version}" for name, version in sorted(recipe.versions.items())) or "not recorded",
         recipe_json=json.dumps(recipe.to_dict(), indent=2, sort_keys=True),
+        auto_search=search_report_markdown(recipe.details[REPORT_DETAILS_KEY]) if REPORT_DETAILS_KEY in recipe.details else "",
     )
 
 

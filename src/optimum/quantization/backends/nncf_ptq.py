@@ -1,0 +1,181 @@
+"""Our configs lowered to NNCF post-training calls on an OpenVINO model (`nncf.quantize`, `compress_weights`,
+`quantize_with_accuracy_control`). NNCF on an `ov.Model` needs no torch extension build.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import nncf
+import numpy as np
+import openvino as ov
+
+from ..accuracy_control import AccuracyControl
+from ..configuration import StaticQuantConfig, WeightOnlyQuantConfig
+from ..errors import ConfigError
+from ..presets import DEFAULT_EXCLUDE
+from .base import check_patterns_used, matches_any
+
+logger = logging.getLogger(__name__)
+
+# Operations whose weights NNCF quantizes; exclusions are matched on their module names.
+WEIGHTED_OPS = ("MatMul", "Convolution")
+# reduce_range (7-bit weights where u8 x s8 products saturate in 16 bits) is NNCF's overflow fix.
+OVERFLOW_FIX = {True: nncf.OverflowFix.ENABLE, False: nncf.OverflowFix.DISABLE}
+
+
+def module_name_of(node_name: str) -> str:
+    """'__module.bert.encoder.layer.0.output.dense/aten::linear/MatMul' -> 'bert.encoder.layer.0.output.dense'."""
+    head = node_name.split("/", 1)[0]
+    return head[len("__module."):] if head.startswith("__module.") else head
+
+
+def ignored_scope(model: ov.Model, patterns: Sequence[str], user_patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Names of weighted nodes whose module (or own name) matches a pattern, and the user patterns that matched none."""
+    names, used = [], set()
+    for op in model.get_ops():
+        if op.get_type_name() not in WEIGHTED_OPS:
+            continue
+        name = op.get_friendly_name()
+        pattern = matches_any(module_name_of(name), patterns) or matches_any(name, patterns)
+        if pattern:
+            names.append(name)
+            used.add(pattern)
+    return names, check_patterns_used(user_patterns, used, "weighted OpenVINO node")
+
+
+def static_exclusions(config: StaticQuantConfig) -> list[str]:
+    """Task heads and the user's patterns; not the ONNX Runtime static block (attention/FFN output projections).
+
+    That block keeps 5 of every 12 H^2 GEMM FLOPs of a BERT layer in FP32, which caps any INT8 speed-up; NNCF's
+    transformer scheme (asymmetric activations, SmoothQuant) quantizes them within the accuracy budget
+    (benchmarks/results/squad_openvino.md).
+    """
+    defaults = list(DEFAULT_EXCLUDE) if config.keep_default_exclusions else []
+    return defaults + [p for p in config.exclude if p not in defaults]
+
+
+def _advanced_parameters(config: StaticQuantConfig, reduce_range: bool):
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    kwargs = {"overflow_fix": OVERFLOW_FIX[reduce_range]}
+    if not config.per_channel:
+        kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
+    if config.calibration.method == "percentile":
+        if config.calibration.percentile != 99.99:
+            raise ConfigError(
+                "The openvino backend's percentile calibration is NNCF's MEAN_QUANTILE estimator (99.99th "
+                f"percentile); percentile={config.calibration.percentile} is not available: leave it at 99.99."
+            )
+        kwargs["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
+    return AdvancedQuantizationParameters(**kwargs)
+
+
+def check_static(config: StaticQuantConfig) -> None:
+    """Refuse what NNCF cannot do before the slow export."""
+    if config.format != "qdq":
+        raise ConfigError("The openvino backend stores INT8 as FakeQuantize (Q/DQ-like) nodes: use format='qdq'.")
+    if config.calibration.method == "entropy":
+        raise ConfigError("NNCF has no entropy (KL) calibration: use calibration='minmax' or 'percentile' with backend='openvino'.")
+    if config.weight_type != "int8":
+        raise ConfigError("NNCF stores signed 8-bit weights: leave weight_type='int8' with backend='openvino'.")
+
+
+def quantize_static(
+    model: ov.Model, feeds: list[dict], config: StaticQuantConfig, reduce_range: bool,
+    accuracy: AccuracyControl | None = None, validation_feeds: list[dict] | None = None,
+) -> tuple[ov.Model, dict]:
+    """NNCF static INT8 (FakeQuantize on weights and activations) with the transformer scheme."""
+    check_static(config)
+    names, unused = ignored_scope(model, static_exclusions(config), config.exclude)
+    kwargs = dict(
+        preset=nncf.QuantizationPreset.PERFORMANCE if config.symmetric else nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(names=names, validate=False),
+        advanced_parameters=_advanced_parameters(config, reduce_range),
+    )
+    details = {
+        "algorithm": "nncf.quantize",
+        "preset": kwargs["preset"].value,
+        "overflow_fix": OVERFLOW_FIX[reduce_range].value,
+        "reduce_range": reduce_range,
+        "calibration_samples": len(feeds),
+        "excluded_nodes": names,
+        "unused_exclude_patterns": unused,
+    }
+    if accuracy is None:
+        return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), details
+
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    def validate(compiled: ov.CompiledModel, items) -> float:
+        return float(accuracy.metric(run_compiled(compiled, items)))
+
+    fp32_metric = validate(ov.Core().compile_model(model, "CPU"), validation_feeds)
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+    quantized = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(feeds), nncf.Dataset(validation_feeds), validate,
+        max_drop=accuracy.max_drop,
+        drop_type=nncf.DropType.ABSOLUTE if accuracy.drop_type == "absolute" else nncf.DropType.RELATIVE,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=accuracy.max_num_iterations
+        ),
+        **kwargs,
+    )
+    int8_metric = validate(ov.Core().compile_model(quantized, "CPU"), validation_feeds)
+    drop = fp32_metric - int8_metric
+    if accuracy.drop_type == "relative" and fp32_metric:
+        drop /= abs(fp32_metric)
+    details.update(
+        algorithm="nncf.quantize_with_accuracy_control",
+        accuracy_control={
+            **accuracy.describe(),
+            "validation_samples": len(validation_feeds),
+            "fp32_metric": fp32_metric,
+            "int8_metric": int8_metric,
+            "drop": drop,
+            "within_max_drop": drop <= accuracy.max_drop + 1e-12,
+        },
+    )
+    if drop > accuracy.max_drop + 1e-12:
+        logger.warning(
+            "Accuracy control could not bring the drop (%.4f) within max_drop=%s in %d iterations; "
+            "the recipe records it.", drop, accuracy.max_drop, accuracy.max_num_iterations,
+        )
+    return quantized, details
+
+
+def run_compiled(compiled: ov.CompiledModel, feeds) -> list[dict[str, np.ndarray]]:
+    """Each feed through a compiled model: one dict per feed, output name -> array."""
+    request = compiled.create_infer_request()
+    names = [next(iter(output.get_names()), str(i)) for i, output in enumerate(compiled.outputs)]
+    outputs = []
+    for feed in feeds:
+        result = request.infer(feed)
+        outputs.append({name: np.array(result[output]) for name, output in zip(names, compiled.outputs)})
+    return outputs
+
+
+def compress_weights(model: ov.Model, config: WeightOnlyQuantConfig) -> tuple[ov.Model, dict]:
+    """NNCF weight compression: 8-bit per-channel, or 4-bit in groups of `block_size` with `ratio` of the weights."""
+    names, unused = ignored_scope(model, config.exclusion_patterns(), config.exclude)
+    modes = {
+        (8, True): nncf.CompressWeightsMode.INT8_SYM, (8, False): nncf.CompressWeightsMode.INT8_ASYM,
+        (4, True): nncf.CompressWeightsMode.INT4_SYM, (4, False): nncf.CompressWeightsMode.INT4_ASYM,
+    }
+    mode = modes[(config.bits, config.symmetric)]
+    kwargs = {"mode": mode, "ignored_scope": nncf.IgnoredScope(names=names, validate=False)}
+    if config.bits == 4:
+        kwargs.update(group_size=config.block_size, ratio=config.ratio)
+    compressed = nncf.compress_weights(model, **kwargs)
+    return compressed, {
+        "algorithm": "nncf.compress_weights",
+        "mode": mode.value,
+        "group_size": config.block_size if config.bits == 4 else -1,  # NNCF's 8-bit weights are per-channel
+        "ratio": config.ratio,
+        "excluded_nodes": names,
+        "unused_exclude_patterns": unused,
+    }

@@ -1,0 +1,1 @@
+"""Quantization-aware training: fake-quant insertion, NNCF QAT, QATTrainer and export of the trained model."""

@@ -1,0 +1,264 @@
+"""OpenVINO backend on tiny models: INT8 really in the IR and in the kernels that run, outputs close to FP32,
+pipelines, generate, round trips, accuracy control, CPU-dependent precision, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import SENTENCES
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'optimum-quantization[openvino,nncf]')")
+pytest.importorskip("nncf", reason="the nncf extra is not installed (pip install 'optimum-quantization[openvino,nncf]')")
+
+from optimum.quantization import (  # noqa: E402
+    AccuracyControl,
+    CalibrationConfig,
+    ConfigError,
+    QuantModelForCausalLM,
+    QuantModelForQuestionAnswering,
+    QuantModelForSequenceClassification,
+    StaticQuantConfig,
+    WeightOnlyQuantConfig,
+)
+from optimum.quantization.backends.openvino import choose_precision  # noqa: E402
+from optimum.quantization.evaluation.census import openvino_quantized_counts, openvino_runtime_precisions  # noqa: E402
+from optimum.quantization.hardware import CpuInfo  # noqa: E402
+from optimum.quantization.recipe import QuantizationRecipe  # noqa: E402
+
+STATIC = StaticQuantConfig(calibration=CalibrationConfig(sequence_length=32))
+# Random-init 2-layer model, logits spread over a few units: same bounds as the ONNX Runtime static tests.
+MIN_LOGIT_COSINE, MIN_MEAN_LOGIT_COSINE, MAX_ABS_LOGIT_DIFF = 0.90, 0.99, 1.0
+QA_PAIRS = [("what is slow ?", s) for s in SENTENCES]
+
+
+def torch_logits(folder, cls=transformers.AutoModelForSequenceClassification, **inputs):
+    with torch.no_grad():
+        return cls.from_pretrained(folder).eval()(**inputs)
+
+
+def assert_close(reference, candidate):
+    cosine = (reference * candidate).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    assert cosine.min() > MIN_LOGIT_COSINE and cosine.mean() > MIN_MEAN_LOGIT_COSINE, cosine
+    assert np.abs(reference - candidate).max() < MAX_ABS_LOGIT_DIFF
+    assert (reference.argmax(-1) == candidate.argmax(-1)).mean() >= 0.9
+
+
+@pytest.fixture(scope="module")
+def static_classifier(tiny_dir):
+    folder = tiny_dir("text-classification")
+    model = QuantModelForSequenceClassification.from_pretrained(
+        folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES, precision="int8"
+    )
+    return folder, model
+
+
+def test_static_int8_ir_and_kernels_are_int8_and_match_fp32(static_classifier):
+    folder, model = static_classifier
+    from optimum.intel import OVModelForSequenceClassification
+
+    assert isinstance(model, OVModelForSequenceClassification)
+    counts = openvino_quantized_counts(model.model)
+    # 2 layers x (Q, K, V, attention output, FFN in, FFN out) + pooler = 13 weights in 8 bits (or more: NNCF
+    # also stores constant operands it quantizes); the classifier head stays FP32.
+    assert counts["weights_i8"] >= 13 and counts["FakeQuantize"] >= 13, counts
+    details = model.quantization_recipe.details
+    assert details["precision"]["chosen"] == "int8" and details["algorithm"] == "nncf.quantize"
+    assert details["excluded_nodes"] == ["__module.classifier/aten::linear/Add"]
+    assert details["quantized_nodes"] == counts and details["int8_size_bytes"] < details["fp32_size_bytes"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    candidate = model(**inputs).logits.numpy()
+    assert_close(torch_logits(folder, **inputs).logits.numpy(), candidate)
+    # The CPU plugin really runs the GEMMs in 8 bits (read after the first inference: dynamic shapes).
+    kernels = openvino_runtime_precisions(model.request)
+    assert any(k.startswith("FullyConnected") and k.split()[1] in ("i8", "u8") for k in kernels), kernels
+
+
+def test_static_round_trip_and_pipeline(static_classifier, tmp_path):
+    folder, model = static_classifier
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="np", padding=True)
+    model.save_pretrained(tmp_path / "saved")
+    assert {"openvino_model.xml", "openvino_model.bin", "quantization_config.json", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "saved").iterdir()
+    }
+    reloaded = QuantModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert type(reloaded) is type(model)
+    assert reloaded.quantization_recipe.to_dict()["details"] == model.quantization_recipe.to_dict()["details"]
+    np.testing.assert_allclose(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-5)
+    classifier = transformers.pipeline("text-classification", model=reloaded, tokenizer=tokenizer)
+    assert len(classifier(SENTENCES[:3])) == 3
+
+
+def test_question_answering_static_with_pairs_in_pipeline(tiny_dir):
+    folder = tiny_dir("question-answering")
+    model = QuantModelForQuestionAnswering.from_pretrained(
+        folder, backend="openvino", quantize=STATIC, calibration_dataset=QA_PAIRS, precision="int8"
+    )
+    assert openvino_quantized_counts(model.model)["FakeQuantize"] >= 12
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(*zip(*QA_PAIRS), return_tensors="pt", padding=True)
+    reference = torch_logits(folder, transformers.AutoModelForQuestionAnswering, **inputs)
+    out = model(**inputs)
+    mask = inputs["attention_mask"].numpy().astype(bool)
+    for name in ("start_logits", "end_logits"):
+        diff = np.abs(getattr(out, name).numpy() - getattr(reference, name).numpy())[mask]
+        assert diff.max() < MAX_ABS_LOGIT_DIFF, (name, diff.max())
+    answer = transformers.pipeline("question-answering", model=model, tokenizer=tokenizer)(
+        question="what is slow ?", context=SENTENCES[3]
+    )
+    assert answer["answer"] in SENTENCES[3]
+
+
+def test_auto_precision_follows_the_cpu():
+    avx2 = CpuInfo("AMD EPYC", ("avx2", "fma"), 2)
+    vnni = CpuInfo("Xeon", ("avx2", "avx512f", "avx512_vnni"), 2)
+    assert choose_precision("auto", vnni)[0] == "int8"
+    chosen, why = choose_precision("auto", avx2)
+    assert chosen == "int8-weights" and "jit_gemm_i8" in why
+    assert choose_precision("int8", avx2) == ("int8", "requested")
+    with pytest.raises(ConfigError, match="precision"):
+        choose_precision("int4", avx2)
+
+
+@pytest.mark.slow  # one more export (~15 s); test_auto_precision_follows_the_cpu covers the rule
+def test_auto_precision_on_this_cpu_is_recorded_and_matches_the_ir(tiny_dir):
+    from optimum.quantization import cpu_info
+
+    folder = tiny_dir("feature-extraction")
+    from optimum.quantization import QuantModelForFeatureExtraction
+
+    model = QuantModelForFeatureExtraction.from_pretrained(folder, backend="openvino", quantize="static", calibration_dataset=SENTENCES)
+    precision = model.quantization_recipe.details["precision"]
+    assert precision["requested"] == "auto" and precision["chosen"] == choose_precision("auto", cpu_info())[0]
+    counts = openvino_quantized_counts(model.model)
+    if precision["chosen"] == "int8":
+        assert counts["FakeQuantize"] > 0
+    else:  # INT8 weights, FP32 compute: no activation quantizers
+        assert "FakeQuantize" not in counts and counts.get("weights_u8", 0) + counts.get("weights_i8", 0) >= 12, counts
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = transformers.AutoModel.from_pretrained(folder).eval()(**inputs).last_hidden_state.numpy()
+    candidate = model(**inputs).last_hidden_state.numpy()
+    cosine = (reference * candidate).sum(-1) / (np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1))
+    assert cosine.mean() > 0.99, cosine.mean()
+
+
+def test_weight_only_int4_causal_lm_generates_and_round_trips(tiny_dir, tmp_path):
+    folder = tiny_dir("text-generation")
+    config = WeightOnlyQuantConfig(bits=4, block_size=16, ratio=0.5)
+    model = QuantModelForCausalLM.from_pretrained(folder, backend="openvino", quantize=config)
+    counts = openvino_quantized_counts(model.model)
+    assert counts.get("weights_i4", 0) + counts.get("weights_u4", 0) > 0 and counts.get("weights_u8", 0) > 0, counts
+    details = model.quantization_recipe.details
+    assert (details["mode"], details["group_size"], details["ratio"]) == ("int4_sym", 16, 0.5)
+    assert not any("FakeQuantize" in k for k in counts)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("it 's a charming", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids["input_ids"].shape[1] + 4
+    model.save_pretrained(tmp_path / "w4")
+    reloaded = QuantModelForCausalLM.from_pretrained(tmp_path / "w4")
+    assert reloaded.generate(**ids, max_new_tokens=4, do_sample=False).tolist() == generated.tolist()
+    text = transformers.pipeline("text-generation", model=reloaded, tokenizer=tokenizer)("hello", max_new_tokens=3)
+    assert text[0]["generated_text"].startswith("hello")
+
+
+@pytest.mark.slow  # one more decoder export (~20 s); the 4-bit test covers the weight-only path
+def test_weight_only_int8_logits_match_fp32(tiny_dir):
+    folder = tiny_dir("text-generation")
+    model = QuantModelForCausalLM.from_pretrained(folder, backend="openvino", quantize="w8")
+    assert model.quantization_recipe.details["mode"] == "int8_sym"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(SENTENCES[0], return_tensors="pt")
+    with torch.no_grad():
+        reference = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()(**ids).logits.numpy()
+    candidate = model(**ids).logits.numpy()
+    assert np.abs(reference - candidate).max() < 0.05 * np.abs(reference).max()
+    assert (reference.argmax(-1) == candidate.argmax(-1)).mean() >= 0.9
+
+
+def test_accuracy_control_records_metrics_within_the_drop(tiny_dir):
+    folder = tiny_dir("text-classification")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    labels = torch_logits(folder, **inputs).logits.argmax(-1).tolist()  # agreement with FP32 as the metric
+
+    def agreement(outputs):
+        return float(np.mean([o["logits"].argmax() == y for o, y in zip(outputs, labels)]))
+
+    control = AccuracyControl(validation_data=SENTENCES, metric=agreement, max_drop=0.1, max_num_iterations=4)
+    model = QuantModelForSequenceClassification.from_pretrained(
+        folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES, accuracy_control=control
+    )
+    details = model.quantization_recipe.details
+    assert details["algorithm"] == "nncf.quantize_with_accuracy_control"
+    report = details["accuracy_control"]
+    assert report["metric"] == "agreement" and report["validation_samples"] == len(SENTENCES)
+    assert report["fp32_metric"] == 1.0 and report["within_max_drop"] and report["drop"] <= 0.1
+    assert openvino_quantized_counts(model.model).get("FakeQuantize", 0) > 0
+
+
+def test_loads_an_openvino_ir_folder_written_by_another_tool(tiny_dir, tmp_path):
+    """QAT exports land in optimum-intel's layout with our recipe: they load as saved, never re-quantized."""
+    import nncf
+    import openvino as ov
+    from optimum.intel import OVModelForSequenceClassification
+
+    folder = tiny_dir("text-classification")
+    exported = OVModelForSequenceClassification.from_pretrained(folder, export=True, compile=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    feeds = [dict(tokenizer(s, return_tensors="np")) for s in SENTENCES]
+    quantized = nncf.quantize(exported.model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=12)
+    out = tmp_path / "qat"
+    exported.model = quantized
+    exported.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    QuantizationRecipe(backend="openvino", task="text-classification", quantization=None,
+                       details={"exported_by": "another tool"}).save(out)
+    xml_before = (out / "openvino_model.xml").read_bytes()
+    model = QuantModelForSequenceClassification.from_pretrained(out)
+    assert type(model).__name__ == "OVQuantModelForSequenceClassification"
+    assert openvino_quantized_counts(model.model) == openvino_quantized_counts(ov.Core().read_model(out / "openvino_model.xml"))
+    assert (out / "openvino_model.xml").read_bytes() == xml_before
+    assert model(**tokenizer(SENTENCES[:2], return_tensors="np", padding=True)).logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "task_class, kwargs, match",
+    [
+        (QuantModelForSequenceClassification, {"quantize": "w4"}, "4-bit weight-only quantization is for causal LMs"),
+        (QuantModelForSequenceClassification, {"quantize": "static"}, "needs calibration data"),
+        (QuantModelForSequenceClassification, {"quantize": "dynamic"}, "no dynamic INT8"),
+        (QuantModelForSequenceClassification, {"quantize": StaticQuantConfig(calibration="entropy"), "calibration_dataset": SENTENCES}, "entropy"),
+        (QuantModelForSequenceClassification, {"quantize": StaticQuantConfig(format="qoperator"), "calibration_dataset": SENTENCES}, "qdq"),
+        (QuantModelForCausalLM, {"quantize": WeightOnlyQuantConfig(bits=4, accuracy_level=0)}, "accuracy_level"),
+    ],
+)
+def test_bad_configs_fail_before_export(tiny_dir, task_class, kwargs, match):
+    kind = "text-generation" if task_class is QuantModelForCausalLM else "text-classification"
+    with pytest.raises(ConfigError, match=match):
+        task_class.from_pretrained(tiny_dir(kind), backend="openvino", **kwargs)
+
+
+def test_backend_options_are_checked(tiny_dir):
+    folder = tiny_dir("text-classification")
+    with pytest.raises(ConfigError, match="needs quantize='static'"):
+        QuantModelForSequenceClassification.from_pretrained(folder, backend="openvino", quantize=None, precision="int8")
+    with pytest.raises(ConfigError, match="max_drop"):
+        AccuracyControl(validation_data=SENTENCES, metric=len, max_drop=-1)
+    with pytest.raises(ConfigError, match="ratio"):
+        WeightOnlyQuantConfig(bits=8, ratio=0.5)
+
+
+def test_ratio_round_trips_and_onnxruntime_refuses_it(tiny_dir):
+    from optimum.quantization import config_from_dict
+
+    config = WeightOnlyQuantConfig(bits=4, block_size=64, ratio=0.8)
+    assert config_from_dict(config.to_dict()) == config and config.group_size == 64
+    assert WeightOnlyQuantConfig().ratio == 1.0
+    with pytest.raises(ConfigError, match="ratio"):
+        QuantModelForCausalLM.from_pretrained(tiny_dir("text-generation"), backend="onnxruntime", quantize=config)

@@ -1,0 +1,376 @@
+"""Quantization-aware training: fake-quant insertion and calibration, QATTrainer, export to Q/DQ ONNX and OpenVINO IR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from optimum.quantization import ConfigError, QATConfig, QuantModelForSequenceClassification, UnsupportedModelError
+from optimum.quantization.configuration import config_from_dict
+from optimum.quantization.qat.fake_quant import QMAX, ActivationQuantizer, HistogramCalibrator, fake_quant
+from optimum.quantization.qat.prepare import forward_loop_from_batches, prepare, quantizer_counts, quantizers
+
+VOCAB, SEQ = 64, 16
+# Tolerance of the exported Q/DQ graph on ORT CPU against the torch fake-quant model, relative to the largest
+# |logit|: both compute the same INT8 grid, but float summation order can move a value across a rounding
+# boundary of a later quantizer (one INT8 step); BERT/DistilBERT match to 1e-5, GPT-2/RoBERTa to ~1e-2.
+EXPORT_RTOL = 2e-2
+
+
+def tiny(arch: str, **overrides):
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, num_labels=2)
+    if arch == "bert":
+        config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                         initializer_range=0.2, **common)
+        return transformers.BertForSequenceClassification(config)
+    if arch == "roberta":
+        config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                            pad_token_id=1, **common)
+        return transformers.RobertaForSequenceClassification(config)
+    if arch == "distilbert":
+        config = transformers.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **common)
+        return transformers.DistilBertForSequenceClassification(config)
+    if arch == "gpt2":
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, **common, **overrides)
+        return transformers.GPT2ForSequenceClassification(config)
+    raise ValueError(arch)
+
+
+def batches(count=3, size=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(3, VOCAB, (size, SEQ), generator=generator),
+             "attention_mask": torch.ones(size, SEQ, dtype=torch.long)} for _ in range(count)]
+
+
+def prepared(arch="bert", config=None, **overrides):
+    model = tiny(arch, **overrides).eval()
+    return prepare(model, config or QATConfig(), forward_loop_from_batches(batches()))
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def test_qat_config_round_trips_and_validates():
+    config = QATConfig(method="nncf", calibrator="entropy", calibration_batches=4, exclude=["*.pooler.*"])
+    assert config_from_dict(json.loads(config.to_json_string())) == config
+    for bad in ({"method": "qdq"}, {"calibrator": "minmax"}, {"percentile": 0}, {"calibration_batches": 0},
+                {"weight_type": "uint8"}):
+        with pytest.raises(ConfigError):
+            QATConfig(**bad)
+
+
+# --------------------------------------------------------------------------------------------- insertion
+
+
+# Per 2-layer model: every linear layer except the excluded head gets an input and a per-channel weight quantizer;
+# each attention gets 4 (q, k, probabilities, v); each residual add 2 (both inputs), 2 adds per layer.
+EXPECTED_COUNTS = {
+    "bert": {"linear_input": 13, "weight": 13, "matmul_input": 8, "residual_add": 8},  # 6 linears/layer + pooler
+    "roberta": {"linear_input": 12, "weight": 12, "matmul_input": 8, "residual_add": 8},  # head (classifier.*) excluded
+    "distilbert": {"linear_input": 12, "weight": 12, "matmul_input": 8, "residual_add": 8},  # pre_classifier excluded
+    "gpt2": {"linear_input": 8, "weight": 8, "matmul_input": 8, "residual_add": 8},  # c_attn, c_proj, c_fc, mlp.c_proj
+}
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED_COUNTS))
+def test_quantizers_inserted_where_the_recipe_says(arch):
+    model = prepared(arch)
+    assert quantizer_counts(model) == EXPECTED_COUNTS[arch]
+    names = [name for name, _ in quantizers(model)]
+    assert not any(n.startswith(("classifier.out_proj", "score", "pre_classifier")) for n in names), names
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attention_implementations_get_the_same_quantizers(attn):
+    model = prepared("gpt2", attn_implementation=attn)
+    assert model.config._attn_implementation == attn
+    assert quantizer_counts(model) == EXPECTED_COUNTS["gpt2"]
+
+
+def test_switches_and_exclusions_remove_quantizers():
+    config = QATConfig(quantize_matmul_inputs=False, quantize_residual_adds=False, exclude=["*.layer.1.*"])
+    counts = quantizer_counts(prepared("bert", config))
+    assert counts == {"linear_input": 7, "weight": 7}  # layer 0's 6 linears + pooler
+
+
+@pytest.mark.parametrize("calibrator", ["max", "percentile", "entropy", "mse"])
+def test_calibration_sets_finite_nonzero_scales(calibrator):
+    model = prepared("bert", QATConfig(calibrator=calibrator, num_bins=256))
+    amaxes = [float(q.amax) for _, q in quantizers(model) if isinstance(q, ActivationQuantizer)]
+    assert len(amaxes) == 13 + 8 + 8
+    assert all(np.isfinite(a) and a > 0 for a in amaxes)
+
+
+def test_histogram_calibrators_choose_sensible_ranges():
+    torch.manual_seed(0)
+    data = torch.randn(200_000)
+    data[:20] = 40.0  # a few outliers
+    results = {}
+    for method in ("percentile", "mse", "entropy"):
+        calibrator = HistogramCalibrator(method, num_bins=2048, percentile=99.9)
+        calibrator.collect(data[:100_000])
+        calibrator.collect(data[100_000:])
+        results[method] = float(calibrator.compute_amax())
+    assert 3.0 < results["percentile"] < 3.6, results  # 99.9th percentile of |N(0,1)| is 3.29
+    assert 3.0 < results["entropy"] < 20.0, results  # KL clips the outliers
+    # MSE keeps them: clipping 20 values from 40 to ~4 costs more squared error than coarser rounding of the rest.
+    assert 30.0 < results["mse"] <= 40.0, results
+
+
+def test_fake_quant_is_the_symmetric_int8_grid():
+    x = torch.linspace(-3, 3, 101, requires_grad=True)
+    amax = torch.tensor(2.0)
+    y = fake_quant(x, amax)
+    steps = y.detach() / (2.0 / QMAX)
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.min() >= -128 and steps.max() <= 127
+    y.sum().backward()  # straight-through inside the range, zero outside
+    assert torch.equal(x.grad, ((x.detach() >= -128 * 2 / QMAX) & (x.detach() <= 2.0)).float())
+
+
+def test_prepare_twice_is_refused():
+    model = prepared("bert")
+    with pytest.raises(ConfigError, match="once"):
+        prepare(model, QATConfig(), forward_loop_from_batches(batches()))
+
+
+# --------------------------------------------------------------------------------------------- trainer
+
+
+class _Data(torch.utils.data.Dataset):
+    """Label 1 when token 3 occurs in the sequence: learnable in a few steps."""
+
+    def __init__(self, count=64, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(4, VOCAB, (count, SEQ), generator=generator)
+        self.labels = torch.arange(count) % 2
+        self.ids[self.labels == 1, : SEQ // 2] = 3
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.labels[i]}
+
+
+def trainer_for(tmp_path, model=None, method="fake_quant", **args):
+    from optimum.quantization import QATTrainer
+
+    defaults = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, learning_rate=2e-3, max_steps=24,
+                    logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0)
+    defaults.update(args)
+    return QATTrainer(model=model or tiny("bert"), args=transformers.TrainingArguments(**defaults),
+                      train_dataset=_Data(), eval_dataset=_Data(16, seed=1),
+                      quantization=QATConfig(method=method, calibration_batches=2))
+
+
+def _losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_calibrates_then_training_reduces_the_loss(tmp_path):
+    trainer = trainer_for(tmp_path)
+    trainer.train()
+    assert quantizer_counts(trainer.model) == EXPECTED_COUNTS["bert"]
+    losses = _losses(trainer)
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+    assert "eval_loss" in trainer.evaluate()
+
+
+def test_resume_restores_quantizer_ranges_from_the_checkpoint(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    first = trainer_for(tmp_path, max_steps=6, save_strategy="steps", save_steps=3)
+    first.train()
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    state = load_file(checkpoint / "model.safetensors")
+    amax_keys = [k for k in state if k.endswith(".amax")]
+    assert len(amax_keys) == 13 + 8 + 8
+    for key in amax_keys:  # mark the saved ranges: a fresh calibration could not produce these
+        state[key] = state[key] * 3.0
+    save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+    resumed = trainer_for(tmp_path, max_steps=6, save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 6
+    restored = resumed.model.state_dict()
+    for key in amax_keys:
+        assert torch.equal(restored[key], state[key]), key
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _ort_logits(folder: Path, batch):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name].numpy() if i.name in batch else np.zeros_like(batch["input_ids"].numpy())
+             for i in session.get_inputs()}
+    return session.run(["logits"], feeds)[0]
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2"])
+def test_qdq_onnx_runs_on_ort_and_matches_the_torch_fake_quant_model(arch, tmp_path):
+    from optimum.quantization.qat.export import save_quantized
+
+    model = prepared(arch)
+    batch = batches(1, seed=5)[0]
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+        model.qat_state  # noqa: B018 (still prepared)
+    save_quantized(model, tmp_path / "ort", "onnxruntime", QATConfig())
+    got = _ort_logits(tmp_path / "ort", batch)
+    assert np.abs(got - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
+    recipe = json.loads((tmp_path / "ort" / "quantization_config.json").read_text())
+    assert recipe["details"]["quantizers"] == EXPECTED_COUNTS[arch]
+    assert recipe["details"]["int8_ops"]["QuantizeLinear"] >= EXPECTED_COUNTS[arch]["linear_input"]
+
+
+def test_saved_model_reloads_with_quant_model_class_for_both_onnx_backends(tmp_path):
+    from optimum.quantization.qat.export import save_quantized
+
+    model = prepared("bert")
+    batch = batches(1, seed=7)[0]
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+    for backend in ("onnxruntime", "tensorrt"):
+        folder = save_quantized(model, tmp_path / backend, backend, QATConfig())
+        loaded = QuantModelForSequenceClassification.from_pretrained(folder)
+        assert loaded.quantization_recipe.backend == backend
+        assert isinstance(loaded.quantization_config, QATConfig)
+        assert loaded.providers[0] == "CPUExecutionProvider"  # no GPU here: validated, then run on ORT CPU
+        logits = loaded(**batch).logits.numpy()
+        assert np.abs(logits - expected).max() < 1e-3
+    validation = json.loads((tmp_path / "tensorrt" / "quantization_config.json").read_text())["details"]["tensorrt_validation"]
+    # 13 linears + 4 attention matmuls run in INT8; only the excluded classifier stays FP32.
+    assert validation["int8_gemms"] == 17 and validation["fp32_gemms"] == 1 and validation["per_channel_weights"] == 13
+
+
+def test_tensorrt_validation_refuses_what_tensorrt_cannot_build(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from optimum.quantization.backends.tensorrt import validate_explicit_precision
+    from optimum.quantization.qat.export import save_quantized
+
+    folder = save_quantized(prepared("bert"), tmp_path / "trt", "tensorrt", QATConfig())
+    graph = onnx.load(str(folder / "model.onnx"))
+    weight_dq = next(n for n in graph.graph.node if n.op_type == "DequantizeLinear" and "weight_quantizer" in n.name)
+    axis = next(a for a in weight_dq.attribute if a.name == "axis")
+    axis.i = 1 - axis.i
+    with pytest.raises(UnsupportedModelError, match="per-channel weight axis"):
+        validate_explicit_precision(graph)
+
+    graph = onnx.load(str(folder / "model.onnx"))
+    quantize = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear")
+    constants = {n.output[0]: n for n in graph.graph.node if n.op_type == "Constant"}
+    zero = constants[quantize.input[2]].attribute[0]
+    zero.t.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8)))
+    with pytest.raises(UnsupportedModelError, match="zero-point"):
+        validate_explicit_precision(graph)
+
+
+def test_openvino_ir_holds_int8_fake_quantize_and_matches(tmp_path):
+    ov = pytest.importorskip("openvino", reason="OpenVINO export needs the openvino extra")
+    from optimum.quantization.qat.export import OPENVINO_MODEL_FILE, save_quantized
+
+    model = prepared("bert")
+    batch = batches(1, seed=9)[0]
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+    folder = save_quantized(model, tmp_path / "ov", "openvino", QATConfig())
+    assert {"openvino_model.xml", "openvino_model.bin", "config.json", "quantization_config.json"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "quantization_config.json").read_text())["backend"] == "openvino"
+    ir = ov.Core().read_model(str(folder / OPENVINO_MODEL_FILE))
+    fake_quantize = [op for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(fake_quantize) >= 13 + 4 and all(int(op.get_attributes()["levels"]) == 256 for op in fake_quantize)
+    # The IR's numerics, compared with FakeQuantize evaluated as written (low-precision transformations off): OpenVINO's
+    # INT8 kernels on CPUs without VNNI sum u8 x s8 products in saturating 16-bit adds, which this random model trips.
+    compiled = ov.Core().compile_model(ir, "CPU", {"LP_TRANSFORMS_MODE": False, "INFERENCE_PRECISION_HINT": "f32"})
+    inputs = {i.get_any_name(): batch.get(i.get_any_name(), torch.zeros_like(batch["input_ids"])).numpy() for i in compiled.inputs}
+    logits = compiled(inputs)[compiled.output("logits")]
+    assert np.abs(logits - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
+
+    # The folder loads through the OpenVINO backend as saved: an OVModel subclass carrying the QAT recipe.
+    from optimum.quantization import QuantModelForSequenceClassification
+
+    loaded = QuantModelForSequenceClassification.from_pretrained(folder)
+    assert loaded.quantization_recipe.backend == "openvino"
+    assert type(loaded.quantization_config).__name__ == "QATConfig"
+    assert loaded(**{k: v for k, v in batch.items() if k in inputs}).logits.shape == expected.shape
+
+
+def test_export_refuses_an_unprepared_model(tmp_path):
+    from optimum.quantization.qat.export import save_quantized
+
+    with pytest.raises(ConfigError, match="no fake quantizers"):
+        save_quantized(tiny("bert"), tmp_path / "x", "onnxruntime", QATConfig())
+    with pytest.raises(ConfigError, match="Unknown QAT export backend"):
+        save_quantized(prepared("bert"), tmp_path / "x", "torch", QATConfig())
+
+
+# --------------------------------------------------------------------------------------------- NNCF
+
+
+def test_nncf_qat_trains_and_exports_qdq_onnx(tmp_path):
+    pytest.importorskip("nncf", reason="method='nncf' needs the openvino extra (nncf)")
+    from optimum.quantization.qat.nncf import is_nncf_model
+
+    trainer = trainer_for(tmp_path, method="nncf", max_steps=4)
+    trainer.train()
+    assert is_nncf_model(trainer.model) and trainer.quantization_summary["nncf_quantizers"] > 0
+    assert trainer.args.save_safetensors is False
+    batch = batches(1, seed=3)[0]
+    with torch.no_grad():
+        expected = trainer.model.eval()(**batch).logits.numpy()
+    folder = trainer.save_quantized(tmp_path / "nncf-ort", backend="onnxruntime")
+    recipe = json.loads((folder / "quantization_config.json").read_text())
+    assert recipe["quantization"]["_data"]["method"] == "nncf"
+    assert recipe["details"]["int8_ops"]["QuantizeLinear"] >= 13  # every encoder/pooler linear input at least
+    got = _ort_logits(folder, batch)
+    # Known gap (open): NNCF's own Q/DQ export does not reproduce its torch numerics exactly (asymmetric activation
+    # ranges are re-rounded to integer zero-points); on this random model the difference reaches ~30% of the largest
+    # logit, so only a loose bound is asserted here. The fake_quant path matches to EXPORT_RTOL.
+    assert np.isfinite(got).all() and np.abs(got - expected).max() <= 0.5 * np.abs(expected).max()
+
+
+# --------------------------------------------------------------------------------------------- accelerate
+
+
+LAUNCHED_SCRIPT = '''
+import sys, torch, transformers
+sys.path.insert(0, {tests!r})
+from test_qat import trainer_for, quantizer_counts, EXPECTED_COUNTS
+from pathlib import Path
+trainer = trainer_for(Path({out!r}), max_steps=4, save_strategy="steps", save_steps=4, ddp_backend="gloo")
+trainer.train()
+assert trainer.args.world_size == 2, trainer.args.world_size
+assert quantizer_counts(trainer.accelerator.unwrap_model(trainer.model)) == EXPECTED_COUNTS["bert"]
+trainer.save_quantized({out!r} + "/exported")
+print("RANK", trainer.args.process_index, "DONE", trainer.state.global_step)
+'''
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch_completes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("DONE 4") == 2, result.stdout[-2000:]
+    assert (tmp_path / "exported" / "model.onnx").is_file() and (tmp_path / "run" / "checkpoint-4").is_dir()
