@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import transformers
@@ -230,6 +231,35 @@ def test_qdq_onnx_runs_on_ort_and_matches_the_torch_fake_quant_model(arch, tmp_p
     recipe = json.loads((tmp_path / "ort" / "quantization_config.json").read_text())
     assert recipe["details"]["quantizers"] == EXPECTED_COUNTS[arch]
     assert recipe["details"]["int8_ops"]["QuantizeLinear"] >= EXPECTED_COUNTS[arch]["linear_input"]
+
+
+@pytest.mark.parametrize("reduce_range, widest", [(True, 63), (False, 127)])
+def test_reduce_range_sets_the_exported_weight_range(reduce_range, widest, tmp_path):
+    """7-bit weights reach +-63 in the graph (ORT's 16-bit pair sums on CPUs without VNNI cannot overflow),
+    8-bit weights +-127; the graph run with ORT's fused INT8 kernels matches torch wherever they are exact."""
+    from onnx import numpy_helper
+
+    from optimum.quantization.hardware import cpu_info
+    from optimum.quantization.qat.export import save_quantized
+
+    config = QATConfig(reduce_range=reduce_range)
+    model = prepared("bert", config)
+    batch = batches(1, seed=5)[0]
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+    folder = save_quantized(model, tmp_path / "ort", "onnxruntime", config)
+    graph = onnx.load(str(folder / "model.onnx"))
+    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.graph.node if n.op_type == "Constant"}
+    constants.update({t.name: numpy_helper.to_array(t) for t in graph.graph.initializer})
+    weight_ranges = []
+    for node in graph.graph.node:  # weight Q/DQ: a QuantizeLinear of a constant per-channel tensor
+        if node.op_type == "QuantizeLinear" and node.input[0] in constants and constants[node.input[1]].size > 1:
+            weight, scale = constants[node.input[0]], constants[node.input[1]]
+            shape = [-1 if d == 0 else 1 for d in range(weight.ndim)]
+            weight_ranges.append(np.abs(np.round(weight / scale.reshape(shape))).max())
+    assert len(weight_ranges) == EXPECTED_COUNTS["bert"]["weight"] and max(weight_ranges) == widest
+    if reduce_range or cpu_info().has_vnni:
+        assert np.abs(_ort_logits(folder, batch) - expected).max() < 1e-4
 
 
 def test_saved_model_reloads_with_quant_model_class_for_both_onnx_backends(tmp_path):

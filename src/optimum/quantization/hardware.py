@@ -43,3 +43,8 @@ def cpu_info() -> CpuInfo:
     except OSError:
         pass
     return CpuInfo(model=model, isa=tuple(f for f in _ISA_FLAGS if f in flags), cores=os.cpu_count() or 1)
+
+
+def resolve_reduce_range(value) -> bool:
+    """`reduce_range` as given, or for "auto": 7-bit weights exactly on CPUs without VNNI."""
+    return (not cpu_info().has_vnni) if value == "auto" else bool(value)

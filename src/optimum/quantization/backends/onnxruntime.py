@@ -28,7 +28,7 @@ from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQua
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
-from ..hardware import cpu_info
+from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
@@ -119,10 +119,6 @@ def onnxruntime_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def resolve_reduce_range(value) -> bool:
-    return (not cpu_info().has_vnni) if value == "auto" else bool(value)
 
 
 def fuse_graph(onnx_path: Path, output_path: Path, model_config) -> dict[str, int] | None:

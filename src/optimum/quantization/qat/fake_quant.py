@@ -19,16 +19,24 @@ QMIN, QMAX = -128, 127
 AMAX_FLOOR = 1e-8  # an all-zero tensor still gets a finite, non-zero scale
 
 
-def fake_quant(x: torch.Tensor, amax: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """INT8 symmetric fake quant of `x` with range `amax` (a scalar, or one value per slice along `axis`)."""
-    scale = amax.detach().float().clamp_min(AMAX_FLOOR) / QMAX
+# 7-bit weights (-64..63): on CPUs without VNNI, ONNX Runtime's INT8 kernels sum pairs of u8 x s8 products
+# in saturating 16-bit adds, and full-range weights overflow them (255 x 127 x 2 > 32767; 255 x 64 x 2 fits).
+QMAX_7BIT = 63
+
+
+def fake_quant(x: torch.Tensor, amax: torch.Tensor, axis: int | None = None, qmax: int = QMAX) -> torch.Tensor:
+    """Symmetric fake quant of `x` to [-qmax-1, qmax] with range `amax` (a scalar, or one per slice along `axis`)."""
+    scale = amax.detach().float().clamp_min(AMAX_FLOOR) / qmax
+    low = -qmax - 1
     if torch.jit.is_tracing():  # ONNX export: scales become constants of the graph, not ops on a buffer
         scale = torch.tensor(scale.tolist(), dtype=torch.float32, device=x.device)
+        # ONNX Q/DQ only has the full INT8 range; 7-bit weights (amax = max |w|) round into [-63, 63] anyway.
+        low, qmax = QMIN, QMAX
     if axis is None:
         zero = torch.zeros((), dtype=torch.int32, device=x.device)
-        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, QMIN, QMAX)
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, low, qmax)
     zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
-    return torch.fake_quantize_per_channel_affine(x, scale.reshape(-1), zero, axis % x.dim(), QMIN, QMAX)
+    return torch.fake_quantize_per_channel_affine(x, scale.reshape(-1), zero, axis % x.dim(), low, qmax)
 
 
 # --------------------------------------------------------------------------------------------- calibrators
@@ -190,18 +198,19 @@ class WeightQuantizer(nn.Module):
 
     kind = "weight"
 
-    def __init__(self, axis: int | None = 0):
+    def __init__(self, axis: int | None = 0, seven_bit: bool = False):
         super().__init__()
         self.axis = axis
+        self.qmax = QMAX_7BIT if seven_bit else QMAX
         self.enabled = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
         if self.axis is None:
-            return fake_quant(weight, weight.detach().abs().amax())
+            return fake_quant(weight, weight.detach().abs().amax(), qmax=self.qmax)
         dims = [d for d in range(weight.dim()) if d != self.axis % weight.dim()]
-        return fake_quant(weight, weight.detach().abs().amax(dim=dims), axis=self.axis)
+        return fake_quant(weight, weight.detach().abs().amax(dim=dims), axis=self.axis, qmax=self.qmax)
 
     def extra_repr(self) -> str:
-        return f"axis={self.axis}"
+        return f"axis={self.axis}, qmax={self.qmax}"

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from ..backends.base import check_patterns_used, matches_any
 from ..configuration import QATConfig
 from ..errors import ConfigError, UnsupportedModelError
+from ..hardware import resolve_reduce_range
 from ..presets import ATTENTION_CLASS_SUFFIX, NORM_CLASS_SUFFIXES
 from .fake_quant import ActivationQuantizer, WeightQuantizer
 
@@ -230,6 +231,7 @@ class QATState:
         self.config = config
         self.sites: list[_Site] = []
         self.calibrated = False
+        self.seven_bit_weights = False
 
 
 def is_prepared(model: nn.Module) -> bool:
@@ -255,13 +257,15 @@ def prepare(model: nn.Module, config: QATConfig, forward_loop: Callable[[nn.Modu
             used.add(pattern)
         return pattern is not None
 
+    seven_bit = resolve_reduce_range(config.reduce_range)
+    state.seven_bit_weights = seven_bit
     types = _linear_types()
     for name, module in list(model.named_modules()):
         if type(module) in types and not excluded(name):
             quant_class, axis = types[type(module)]
             module.__class__ = quant_class
             module.input_quantizer = ActivationQuantizer("linear_input").to(module.weight.device)
-            module.weight_quantizer = WeightQuantizer(axis if config.per_channel else None)
+            module.weight_quantizer = WeightQuantizer(axis if config.per_channel else None, seven_bit)
     if config.quantize_matmul_inputs:
         state.sites += [_AttentionSite(m, config) for n, m in _attention_hosts(model) if not excluded(n)]
     if config.quantize_residual_adds:
