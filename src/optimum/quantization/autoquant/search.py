@@ -90,7 +90,8 @@ class Search:
             drop = self.fp32.metric - trial.metric
             within = self.accepted(trial)
             trial.status = "accepted" if within else "rejected"
-            trial.reason = f"{drop:.2f} below FP32, {'within' if within else 'beyond'} the tolerance {self.config.tolerance:g}"
+            change = f"{drop:.2f} below FP32" if drop > 0 else f"{-drop:.2f} above FP32"
+            trial.reason = f"{change}, {'within' if within else 'beyond'} the tolerance {self.config.tolerance:g}"
 
     def preferred(self, a: Trial, b: Trial | None) -> tuple[bool, str]:
         """Is `a` a better choice than `b` (both accepted)? Measured speed, unless within noise; then expected order."""
