@@ -51,10 +51,11 @@ WEIGHT_ONLY_OP_TYPES = ["MatMul", "Gemm"]
 WEIGHT_ONLY_SUPPORTED_OPS = {"MatMul": (8, 4), "Gemm": (8, 4), "Gather": (4,)}
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-# IO binding for causal LMs on CPU (KV buffers allocated once per generate()). Same-process A/B, GPT-2 small
-# shape, w8, prompt 32, 16 new tokens, on a loaded 2-core machine (load 11-13): 335 vs 415 ms/token at batch 1,
-# 523 vs 540 at batch 4, never slower; benchmarks/generation_speed.py measures it on a quiet machine.
-CAUSAL_LM_IO_BINDING_DEFAULT = True
+# IO binding for causal LMs on CPU (KV buffers allocated once per generate()) stays opt-in: on a quiet machine
+# (benchmarks/results/generation_speed.md, GPT-2 small shape, prompt 32, 64 new tokens, fresh processes) it was
+# no faster: w8 28.3 vs 27.1 ms/token without it at batch 1, 36.4 vs 36.0 at batch 4; FP32 34.7 vs 34.0.
+# On CPU the binding saves copies that cost little next to the decode step's matmuls.
+CAUSAL_LM_IO_BINDING_DEFAULT = False
 
 
 class ORTQuantModelForSequenceClassification(QuantizedModelMixin, ORTModelForSequenceClassification):
