@@ -35,6 +35,17 @@ def _check_patterns(name: str, patterns) -> list[str]:
     return list(patterns)
 
 
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"`{name}` must be {expected}, got {value!r}.")
+
+
+def _check_percentile(value) -> None:
+    if not 0.0 < float(value) <= 100.0:
+        raise ConfigError(f"`percentile` must be in (0, 100], got {value}.")
+
+
 def _check_reduce_range(value) -> None:
     if value not in (True, False, "auto"):
         raise ConfigError(f"`reduce_range` must be True, False or 'auto', got {value!r}.")
@@ -55,8 +66,7 @@ class CalibrationConfig:
 
     def __post_init__(self):
         _check_choice("calibration method", self.method, CALIBRATION_METHODS)
-        if not 0.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"`percentile` must be in (0, 100], got {self.percentile}.")
+        _check_percentile(self.percentile)
         if int(self.num_samples) < 1 or int(self.sequence_length) < 2:
             raise ConfigError("`num_samples` must be >= 1 and `sequence_length` >= 2.")
 
@@ -213,12 +223,9 @@ class QATConfig(_QuantConfigBase):
     def __post_init__(self):
         _check_choice("QAT method", self.method, QAT_METHODS)
         _check_choice("QAT calibrator", self.calibrator, QAT_CALIBRATORS)
-        if not 0.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"`percentile` must be in (0, 100], got {self.percentile}.")
+        _check_percentile(self.percentile)
         for name in ("num_bins", "calibration_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}.")
+            _check_int(name, getattr(self, name))
         if self.weight_type != "int8":
             raise ConfigError(
                 "QAT quantizes symmetrically to signed 8 bits (TensorRT explicit precision): leave `weight_type` "
@@ -290,11 +297,8 @@ class AutoQuantConfig:
         if self.candidates is not None:
             self.candidates = _check_patterns("candidates", self.candidates)
         for name in ("max_trials", "latency_batch_size", "latency_sequence_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}.")
-        if isinstance(self.max_fallback_units, bool) or not isinstance(self.max_fallback_units, int) or self.max_fallback_units < 0:
-            raise ConfigError(f"`max_fallback_units` must be an integer >= 0, got {self.max_fallback_units!r}.")
+            _check_int(name, getattr(self, name))
+        _check_int("max_fallback_units", self.max_fallback_units, minimum=0)
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ConfigError(f"`time_budget_s` must be a positive number of seconds or None, got {self.time_budget_s!r}.")
         if not 0 <= float(self.latency_noise) < 1:

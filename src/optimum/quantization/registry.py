@@ -43,6 +43,12 @@ def _installed(distribution: str) -> bool:
         return False
 
 
+def _import_target(target: str):
+    """The object a lazy "package.module:name" reference points to, imported now."""
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 _REGISTRY: dict[str, BackendEntry] = {}
 _LOADED: dict[str, type] = {}
 
@@ -82,10 +88,7 @@ def get_backend(name: str):
             + (f". {entry.note}" if entry.note else "")
         )
     if name not in _LOADED:
-        target = entry.target
-        if isinstance(target, str):
-            module_name, _, class_name = target.partition(":")
-            target = getattr(importlib.import_module(module_name), class_name)
+        target = _import_target(entry.target) if isinstance(entry.target, str) else entry.target
         target.name = name
         _LOADED[name] = target
     return _LOADED[name]()
@@ -139,7 +142,6 @@ register_backend(
 )
 
 
-
 # Config types that no single backend runs: a handler above the backends does (the accuracy-aware search
 # tries several backends' configs). Config class name -> lazy "module:function", imported on first use.
 _CONFIG_HANDLERS: dict[str, str] = {"AutoQuantConfig": "optimum.quantization.autoquant:quantize_auto"}
@@ -148,7 +150,4 @@ _CONFIG_HANDLERS: dict[str, str] = {"AutoQuantConfig": "optimum.quantization.aut
 def config_handler(config):
     """The function that builds a model for `config` when no single backend does, else None."""
     target = _CONFIG_HANDLERS.get(type(config).__name__)
-    if target is None:
-        return None
-    module_name, _, function_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), function_name)
+    return None if target is None else _import_target(target)
