@@ -11,13 +11,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 
 from ..backends.onnxruntime import MODEL_FILE
 from ..backends.tensorrt import validate_explicit_precision
 from ..configuration import QATConfig
 from ..errors import ConfigError, UnsupportedModelError, unknown_name
-from ..evaluation.census import int8_op_counts
+from ..evaluation.census import int8_op_counts, openvino_quantized_counts
 from ..export import EXPORT_TASKS
 from ..files import atomic_output_dir
 from ..hardware import cpu_info
@@ -89,9 +90,10 @@ def export_qdq_onnx(model, output_dir: Path, task: str, tokenizer=None, config: 
 
 def _write_onnx(model, staging: Path, task: str, tokenizer, config, backend: str) -> dict:
     path = export_qdq_onnx(model, staging, task, tokenizer, config)
-    details = {"int8_ops": int8_op_counts(path), "int8_size_bytes": path.stat().st_size}
+    graph = onnx.load(str(path))  # parsed once for both the census and the TensorRT check
+    details = {"int8_ops": int8_op_counts(graph), "int8_size_bytes": path.stat().st_size}
     if backend == "tensorrt":
-        details["tensorrt_validation"] = validate_explicit_precision(path)
+        details["tensorrt_validation"] = validate_explicit_precision(graph)
     return details
 
 
@@ -106,8 +108,7 @@ def _write_openvino(model, staging: Path, task: str, tokenizer, config, backend:
         for item in Path(tmp).iterdir():
             if item.is_file() and item.name != MODEL_FILE:
                 shutil.copy2(item, staging / item.name)
-    fake_quantize = sum(1 for op in ov_model.get_ops() if op.get_type_name() == "FakeQuantize")
-    return {"openvino_fake_quantize_nodes": fake_quantize}
+    return {"openvino_fake_quantize_nodes": openvino_quantized_counts(ov_model).get("FakeQuantize", 0)}
 
 
 WRITERS = {"onnxruntime": _write_onnx, "tensorrt": _write_onnx, "openvino": _write_openvino}

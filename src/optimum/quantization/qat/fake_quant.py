@@ -163,6 +163,8 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("amax", torch.tensor(float("nan")))
         self.enabled = True
         self._calibrator = None
+        # Kept beside `amax` so forward never reads the tensor back (a device sync per quantizer on GPUs).
+        self._calibrated = False
 
     def start_calibration(self, config) -> None:
         self._calibrator = make_calibrator(config)
@@ -172,10 +174,15 @@ class ActivationQuantizer(nn.Module):
         self._calibrator = None
         if amax is not None:
             self.amax.copy_(torch.clamp(amax, min=AMAX_FLOOR))
+            self._calibrated = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._calibrated = bool(torch.isfinite(self.amax))  # a checkpoint's ranges count as calibrated
 
     @property
     def calibrated(self) -> bool:
-        return bool(torch.isfinite(self.amax))
+        return self._calibrated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._calibrator is not None:

@@ -16,6 +16,7 @@ are seen; modules matching an exclusion pattern are left in FP32.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from typing import Callable, Iterable
@@ -64,6 +65,7 @@ def _conv1d_class():
     return Conv1D, QuantConv1D
 
 
+@functools.lru_cache(maxsize=1)
 def _linear_types() -> dict[type, tuple[type, int]]:
     """Exact module type -> (quantizing subclass, output-channel axis of its weight)."""
     conv1d, quant_conv1d = _conv1d_class()
@@ -272,8 +274,7 @@ def prepare(model: nn.Module, config: QATConfig, forward_loop: Callable[[nn.Modu
         state.sites += [_ResidualSite(m, config) for n, m in _residual_hosts(model) if not excluded(n)]
     check_patterns_used(config.exclude, used, "module")
     model.qat_state = state
-    calibrate(model, forward_loop)
-    counts = quantizer_counts(model)
+    counts = calibrate(model, forward_loop)
     if not counts.get("linear_input"):
         raise UnsupportedModelError(f"No linear layer of {type(model).__name__} could be quantized: {counts}.")
     return model
@@ -313,14 +314,14 @@ def forward_loop_from_batches(batches: Iterable[dict]) -> Callable[[nn.Module], 
     def loop(model: nn.Module) -> None:
         device = next(model.parameters()).device
         for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and not _is_label(k)}
+            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in LABEL_KEYS}
             model(**inputs)
 
     return loop
 
 
-def _is_label(key: str) -> bool:
-    return key in ("labels", "label", "start_positions", "end_positions")
+# Batch keys that are targets, not model inputs: calibration runs the model without them.
+LABEL_KEYS = frozenset({"labels", "label", "label_ids", "start_positions", "end_positions"})
 
 
 # --------------------------------------------------------------------------------------------- inspection

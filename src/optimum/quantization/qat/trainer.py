@@ -18,12 +18,9 @@ from ..configuration import QATConfig, config_from_dict
 from ..errors import ConfigError
 from . import nncf as qat_nncf
 from .export import save_quantized
-from .prepare import forward_loop_from_batches, is_prepared, prepare, quantizer_counts
+from .prepare import LABEL_KEYS, forward_loop_from_batches, is_prepared, prepare, quantizer_counts
 
 logger = logging.getLogger(__name__)
-
-_LABEL_KEYS = ("labels", "label", "label_ids", "start_positions", "end_positions")
-
 
 def resolve_qat_config(quantization) -> QATConfig:
     if quantization is None:
@@ -62,7 +59,7 @@ class QATTrainer(Trainer):
         loader = self.get_eval_dataloader(self.train_dataset)  # sequential, this process's shard, no RNG used
         batches = []
         for batch in itertools.islice(loader, self.quantization.calibration_batches):
-            batches.append({k: v for k, v in batch.items() if k not in _LABEL_KEYS})
+            batches.append({k: v for k, v in batch.items() if k not in LABEL_KEYS})
         if not batches:
             raise ConfigError("QAT calibration needs training data: `train_dataset` yielded no batch.")
         return batches
