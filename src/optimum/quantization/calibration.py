@@ -70,7 +70,7 @@ def load_calibration_examples(
         if path.suffix.lower() == ".txt" or (path.is_file() and path.suffix.lower() not in _FILE_LOADERS):
             if not path.is_file():
                 raise ConfigError(f"Calibration file {path} does not exist.")
-            examples: list[Example] = list(read_text_lines(path))
+            examples: list[Example] = read_text_lines(path)
         else:
             if path.suffix.lower() in _FILE_LOADERS and not path.is_file():
                 raise ConfigError(f"Calibration file {path} does not exist.")

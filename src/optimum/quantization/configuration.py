@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Sequence, Union
 
 from .errors import ConfigError, unknown_name
 from .presets import DEFAULT_EXCLUDE, PLANNED_PRESETS, PRESETS, STATIC_DEFAULT_EXCLUDE, TASK_PRESETS
@@ -93,9 +93,10 @@ class _QuantConfigBase:
         if self.op_types is not None:
             self.op_types = _check_patterns("op_types", self.op_types)
 
-    def exclusion_patterns(self) -> list[str]:
-        """Every module/node pattern to keep in FP32: the shared default block, then the user's."""
-        defaults = list(self.default_exclude) if self.keep_default_exclusions else []
+    def exclusion_patterns(self, defaults: Sequence[str] | None = None) -> list[str]:
+        """Every module/node pattern to keep in FP32: the default block (this config's own unless a backend
+        passes its `defaults`), then the user's."""
+        defaults = list(self.default_exclude if defaults is None else defaults) if self.keep_default_exclusions else []
         return defaults + [p for p in self.exclude if p not in defaults]
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,8 +52,7 @@ def static_exclusions(config: StaticQuantConfig) -> list[str]:
     transformer scheme (asymmetric activations, SmoothQuant) quantizes them within the accuracy budget
     (benchmarks/results/squad_openvino.md).
     """
-    defaults = list(DEFAULT_EXCLUDE) if config.keep_default_exclusions else []
-    return defaults + [p for p in config.exclude if p not in defaults]
+    return config.exclusion_patterns(DEFAULT_EXCLUDE)
 
 
 def _advanced_parameters(config: StaticQuantConfig, reduce_range: bool):
@@ -64,11 +63,6 @@ def _advanced_parameters(config: StaticQuantConfig, reduce_range: bool):
     if not config.per_channel:
         kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
     if config.calibration.method == "percentile":
-        if config.calibration.percentile != 99.99:
-            raise ConfigError(
-                "The openvino backend's percentile calibration is NNCF's MEAN_QUANTILE estimator (99.99th "
-                f"percentile); percentile={config.calibration.percentile} is not available: leave it at 99.99."
-            )
         kwargs["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
     return AdvancedQuantizationParameters(**kwargs)
 
@@ -81,14 +75,20 @@ def check_static(config: StaticQuantConfig) -> None:
         raise ConfigError("NNCF has no entropy (KL) calibration: use calibration='minmax' or 'percentile' with backend='openvino'.")
     if config.weight_type != "int8":
         raise ConfigError("NNCF stores signed 8-bit weights: leave weight_type='int8' with backend='openvino'.")
+    if config.calibration.method == "percentile" and config.calibration.percentile != 99.99:
+        raise ConfigError(
+            "The openvino backend's percentile calibration is NNCF's MEAN_QUANTILE estimator (99.99th "
+            f"percentile); percentile={config.calibration.percentile} is not available: leave it at 99.99."
+        )
 
 
 def quantize_static(
     model: ov.Model, feeds: list[dict], config: StaticQuantConfig, reduce_range: bool,
     accuracy: AccuracyControl | None = None, validation_feeds: list[dict] | None = None,
 ) -> tuple[ov.Model, dict]:
-    """NNCF static INT8 (FakeQuantize on weights and activations) with the transformer scheme."""
-    check_static(config)
+    """NNCF static INT8 (FakeQuantize on weights and activations) with the transformer scheme.
+
+    `config` has passed `check_static` (the backend's `check_supports`, before the export)."""
     names, unused = ignored_scope(model, static_exclusions(config), config.exclude)
     kwargs = dict(
         preset=nncf.QuantizationPreset.PERFORMANCE if config.symmetric else nncf.QuantizationPreset.MIXED,
@@ -129,6 +129,7 @@ def quantize_static(
     drop = fp32_metric - int8_metric
     if accuracy.drop_type == "relative" and fp32_metric:
         drop /= abs(fp32_metric)
+    within = drop <= accuracy.max_drop + 1e-12
     details.update(
         algorithm="nncf.quantize_with_accuracy_control",
         accuracy_control={
@@ -137,10 +138,10 @@ def quantize_static(
             "fp32_metric": fp32_metric,
             "int8_metric": int8_metric,
             "drop": drop,
-            "within_max_drop": drop <= accuracy.max_drop + 1e-12,
+            "within_max_drop": within,
         },
     )
-    if drop > accuracy.max_drop + 1e-12:
+    if not within:
         logger.warning(
             "Accuracy control could not bring the drop (%.4f) within max_drop=%s in %d iterations; "
             "the recipe records it.", drop, accuracy.max_drop, accuracy.max_num_iterations,

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 from optimum.intel import (
     OVModelForCausalLM,
@@ -25,7 +26,7 @@ from optimum.intel import (
 
 from ..accuracy_control import AccuracyControl
 from ..calibration import load_calibration_examples, tokenize_examples
-from ..configuration import StaticQuantConfig, WeightOnlyQuantConfig
+from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
 from ..errors import ConfigError
 from ..evaluation.census import openvino_quantized_counts
 from ..export import check_exportable
@@ -104,7 +105,7 @@ class OpenVINOBackend(Backend):
     }
 
     def check_supports(self, task, config) -> None:
-        if config is not None and type(config).__name__ == "DynamicQuantConfig":
+        if isinstance(config, DynamicQuantConfig):
             raise ConfigError(
                 "OpenVINO has no dynamic INT8 recipe here: use quantize='static' (NNCF, with calibration data) "
                 "or weight-only 'w8'/'w4'."
@@ -131,6 +132,10 @@ class OpenVINOBackend(Backend):
             raise ConfigError("`accuracy_control` must be an optimum.quantization.AccuracyControl.")
         if accuracy is not None and not isinstance(config, StaticQuantConfig):
             raise ConfigError("Accuracy control applies to static INT8: pass quantize='static' with calibration data.")
+        # Read before the slow export, like the calibration data, so a bad file fails fast.
+        validation_examples = None if accuracy is None else load_calibration_examples(
+            accuracy.validation_data, text_column=accuracy.text_column
+        )
         cpu = cpu_info()
         details: dict = {}
         precision = None
@@ -155,10 +160,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(str(xml))
             if precision == "int8":
                 feeds = self._feeds(model, request.calibration_examples, request, config)
-                validation = None
-                if accuracy is not None:
-                    examples = load_calibration_examples(accuracy.validation_data, text_column=accuracy.text_column)
-                    validation = self._feeds(model, examples, request, config)
+                validation = None if accuracy is None else self._feeds(model, validation_examples, request, config)
                 quantized, more = nncf_ptq.quantize_static(
                     model, feeds, config, resolve_reduce_range(config.reduce_range), accuracy, validation
                 )
@@ -173,9 +175,9 @@ class OpenVINOBackend(Backend):
             model_dir = work_dir / "quantized"
             shutil.copytree(export_dir, model_dir, ignore=shutil.ignore_patterns("openvino_model.*"))
             ov.save_model(quantized, str(model_dir / MODEL_XML), compress_to_fp16=False)
+            details["quantized_nodes"] = openvino_quantized_counts(quantized)
             del model, quantized
             details["int8_size_bytes"] = (model_dir / "openvino_model.bin").stat().st_size
-            details["quantized_nodes"] = openvino_quantized_counts(model_dir / MODEL_XML)
         recipe = QuantizationRecipe(
             backend=self.name, task=request.task, quantization=config, source_model=str(request.model_path),
             details=details, hardware=cpu.to_dict(),
@@ -188,18 +190,13 @@ class OpenVINOBackend(Backend):
 
     @staticmethod
     def _feeds(model: ov.Model, examples, request: QuantizationRequest, config) -> list[dict]:
-        """Tokenized examples shaped for the IR's inputs (decoders also get position ids and beam indices)."""
-        if examples is None:
-            raise ConfigError(
-                "Static INT8 with NNCF needs calibration data: pass `calibration_dataset=` (texts, pairs, a "
-                "datasets.Dataset or a file). optimum-intel cannot collect it for classification or QA models."
-            )
+        """Tokenized examples shaped for the IR's inputs (decoders also get position ids and beam indices).
+
+        `examples` is never None: static configs require calibration data, which modeling checks first."""
         names = [i.get_any_name() for i in model.inputs]
         feeds = tokenize_examples(
             examples, request.tokenizer, sequence_length=config.calibration.sequence_length, input_names=names
         )
-        import numpy as np
-
         for feed in feeds:
             if "position_ids" in names and "position_ids" not in feed:
                 mask = feed["attention_mask"]
