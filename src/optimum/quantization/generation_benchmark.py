@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from .errors import ConfigError, QuantizationError
 from .evaluation.benchmark import peak_rss_bytes, set_threads
 from .evaluation.generation import fixed_length_kwargs, per_token_latency, prompt_inputs, side_by_side_generations
 from .recipe import library_versions
-from .side_by_side import WORKER_TIMEOUT_S, _check_baseline, build_all, machine_record, measure_round_robin
+from .side_by_side import _check_baseline, build_all, machine_record, measure_round_robin, run_worker
 from .variants import (
     SPEC_FILE,
     OurQuantized,
@@ -161,8 +160,6 @@ def _worker(job_path: str, output_path: str) -> None:
     set_threads(config.threads)
     import torch
 
-    import optimum.quantization.generation_benchmark  # noqa: F401  (registers this module's variant kinds)
-
     load_start = time.time()
     model = load_variant(Path(job["folder"]), TASK, threads=config.threads)
     load_s = time.time() - load_start
@@ -188,19 +185,8 @@ def _worker(job_path: str, output_path: str) -> None:
 
 
 def measure_in_fresh_process(folder: Path, config: GenerationBenchmarkConfig, vocab_size: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        job, output = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"folder": str(folder), "config": config.to_dict(), "vocab_size": vocab_size,
-                                   "spawned_at": time.time()}), encoding="utf-8")
-        env = dict(os.environ)
-        if config.threads is not None:
-            env["OMP_NUM_THREADS"] = str(config.threads)
-        completed = subprocess.run([sys.executable, "-m", __name__, str(job), str(output)], capture_output=True,
-                                   text=True, env=env, timeout=WORKER_TIMEOUT_S)
-        if completed.returncode != 0 or not output.is_file():
-            tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-            raise QuantizationError(f"the generation benchmark worker failed: {' | '.join(tail)}")
-        return json.loads(output.read_text(encoding="utf-8"))
+    job = {"folder": str(folder), "config": config.to_dict(), "vocab_size": vocab_size}
+    return run_worker(__name__, job, config.threads, "generation benchmark")
 
 
 def merge_rounds(rounds: list[dict]) -> dict:

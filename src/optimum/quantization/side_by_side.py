@@ -111,29 +111,19 @@ def _fit_to_model(config: BenchmarkConfig, max_positions: int | None) -> Benchma
     return BenchmarkConfig.from_dict({**config.to_dict(), "sequence_lengths": kept})
 
 
-def measure_in_fresh_process(folder: Path, task: str, config: BenchmarkConfig, vocab_size: int, input_names) -> dict:
-    """Run the worker on one built variant in a new interpreter and return what it measured."""
+def run_worker(module: str, job: dict, threads: int | None, what: str) -> dict:
+    """Run `python -m module JOB OUTPUT` in a new interpreter on `job` (JSON) and return the JSON it wrote.
+
+    `spawned_at` is added to the job, so the worker can time its first prediction from process start."""
     with tempfile.TemporaryDirectory() as tmp:
-        job = Path(tmp) / "job.json"
+        job_path = Path(tmp) / "job.json"
         output = Path(tmp) / "result.json"
-        job.write_text(
-            json.dumps(
-                {
-                    "folder": str(folder),
-                    "task": task,
-                    "config": config.to_dict(),
-                    "vocab_size": vocab_size,
-                    "input_names": list(input_names),
-                    "spawned_at": time.time(),
-                }
-            ),
-            encoding="utf-8",
-        )
+        job_path.write_text(json.dumps({**job, "spawned_at": time.time()}), encoding="utf-8")
         env = dict(os.environ)
-        if config.threads is not None:  # fixes OpenMP pools before any runtime starts
-            env["OMP_NUM_THREADS"] = str(config.threads)
+        if threads is not None:  # fixes OpenMP pools before any runtime starts
+            env["OMP_NUM_THREADS"] = str(threads)
         completed = subprocess.run(
-            [sys.executable, "-m", __name__, str(job), str(output)],
+            [sys.executable, "-m", module, str(job_path), str(output)],
             capture_output=True,
             text=True,
             env=env,
@@ -141,8 +131,20 @@ def measure_in_fresh_process(folder: Path, task: str, config: BenchmarkConfig, v
         )
         if completed.returncode != 0 or not output.is_file():
             tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-            raise QuantizationError(f"the benchmark worker failed: {' | '.join(tail)}")
+            raise QuantizationError(f"the {what} worker failed: {' | '.join(tail)}")
         return json.loads(output.read_text(encoding="utf-8"))
+
+
+def measure_in_fresh_process(folder: Path, task: str, config: BenchmarkConfig, vocab_size: int, input_names) -> dict:
+    """Run the worker on one built variant in a new interpreter and return what it measured."""
+    job = {
+        "folder": str(folder),
+        "task": task,
+        "config": config.to_dict(),
+        "vocab_size": vocab_size,
+        "input_names": list(input_names),
+    }
+    return run_worker(__name__, job, config.threads, "benchmark")
 
 
 def _worker(job_path: str, output_path: str) -> None:
