@@ -65,6 +65,5 @@ def candidates_for(config: AutoQuantConfig, has_calibration: bool) -> tuple[list
             skipped.append((candidate, "static quantization needs `calibration_dataset=`: not tried"))
         else:
             chosen.append(candidate)
-    order = {id(c): i for i, c in enumerate(chosen)}
-    chosen.sort(key=lambda c: (c.speed_rank, order[id(c)]))
+    chosen.sort(key=lambda c: c.speed_rank)  # stable: equal ranks keep the table's order
     return chosen, skipped

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from transformers import set_seed
 
 from ..configuration import AutoQuantConfig
 from ..errors import QuantizationError
@@ -109,18 +111,24 @@ class Search:
 
     # ------------------------------------------------------------------ trials
 
-    def _latency_ms(self, model) -> float:
-        import statistics
-
-        import torch
+    @functools.cached_property
+    def _latency_inputs(self) -> dict:
+        """The one synthetic batch every trial is timed on (the checkpoint's config is read once)."""
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(self.model_path, **self.hub_kwargs)
         limit = getattr(model_config, "max_position_embeddings", None) or self.config.latency_sequence_length
-        inputs = synthetic_inputs(
+        return synthetic_inputs(
             self.config.latency_batch_size, min(self.config.latency_sequence_length, limit), model_config.vocab_size,
             list(self.tokenizer.model_input_names), seed=self.config.seed,
         )
+
+    def _latency_ms(self, model) -> float:
+        import statistics
+
+        import torch
+
+        inputs = self._latency_inputs
         with torch.no_grad():
             return statistics.median(time_calls(lambda: model(**inputs), SEARCH_TIMING))
 
@@ -193,15 +201,7 @@ class Search:
 
     def run(self) -> dict:
         config = self.config
-        random.seed(config.seed)
-        try:
-            import numpy as np
-            import torch
-
-            np.random.seed(config.seed)
-            torch.manual_seed(config.seed)
-        except ImportError:
-            pass
+        set_seed(config.seed)  # python, numpy and torch
         candidates, skipped = candidates_for(config, has_calibration=bool(self.calibration))
         if config.show_progress:
             from tqdm.auto import tqdm
@@ -245,8 +245,9 @@ class Search:
                                          candidate.speed_rank, [unit])
             gain = -math.inf if alone[unit].metric is None else alone[unit].metric - base.metric
             gains.append((-gain, index, unit))
-        ranking = [unit for _, _, unit in sorted(gains)]
-        self.sensitivity = [{"unit": unit, "gain": -g} for g, _, unit in sorted(gains) if math.isfinite(g)]
+        ranked = sorted(gains)
+        ranking = [unit for _, _, unit in ranked]
+        self.sensitivity = [{"unit": unit, "gain": -g} for g, _, unit in ranked if math.isfinite(g)]
         if not ranking or alone[ranking[0]].status == "accepted":  # the most sensitive unit alone was enough
             return
         for count in range(2, min(self.config.max_fallback_units, len(ranking)) + 1):
@@ -306,8 +307,9 @@ class Search:
             "hardware": cpu_info().to_dict(),
             "versions": library_versions(),
         }
-        (self.work.path / f"{REPORT_NAME}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        (self.work.path / f"{REPORT_NAME}.md").write_text(search_report_markdown(report), encoding="utf-8")
+        json_path, markdown_path = report_paths(self.work.path)
+        json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        markdown_path.write_text(search_report_markdown(report), encoding="utf-8")
         return report
 
     def result_model(self, report: dict):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -42,12 +41,11 @@ def add_generations_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write(output_dir: str, stem: str, result: dict, markdown: str) -> None:
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (folder / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    from ..evaluation.report import write_reports
+
+    write_reports(result, output_dir, stem, markdown=markdown)  # atomic: a failure keeps earlier reports
     print(markdown)
-    print(f"Wrote {folder / stem}.json and .md")
+    print(f"Wrote {Path(output_dir) / stem}.json and .md")
 
 
 def run_generation_benchmark_command(args) -> int:

@@ -29,8 +29,7 @@ def fixed_length_kwargs(new_tokens: int, pad_token_id: int | None = 0) -> dict:
 
 def prompt_inputs(batch_size: int, prompt_length: int, vocab_size: int, seed: int = 0) -> dict:
     """Random prompt ids (no padding) of one shape; the same seed gives every model the same prompt."""
-    inputs = synthetic_inputs(batch_size, prompt_length, vocab_size, ("input_ids", "attention_mask"), seed)
-    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    return synthetic_inputs(batch_size, prompt_length, vocab_size, ("input_ids", "attention_mask"), seed)
 
 
 def _time_generate(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:

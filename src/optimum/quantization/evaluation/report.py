@@ -143,8 +143,10 @@ def plot_latency(result: dict, path: str | Path) -> Path:
     return path
 
 
-def write_reports(result: dict, output_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write `<stem>.json`, `<stem>.md` (and `<stem>.png` for benchmarks) into `output_dir`, all or nothing."""
+def write_reports(result: dict, output_dir: str | Path, stem: str, markdown: str | None = None) -> dict[str, Path]:
+    """Write `<stem>.json`, `<stem>.md` (and `<stem>.png` for benchmarks) into `output_dir`, all or nothing.
+
+    `markdown` replaces the table this module would render (results of other kinds bring their own)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     is_benchmark = result.get("kind") == "benchmark"
@@ -154,7 +156,8 @@ def write_reports(result: dict, output_dir: str | Path, stem: str) -> dict[str, 
     staging = Path(tempfile.mkdtemp(prefix=f".{stem}.tmp-", dir=output_dir))
     try:
         (staging / names["json"]).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        markdown = benchmark_markdown(result) if is_benchmark else evaluation_markdown(result)
+        if markdown is None:
+            markdown = benchmark_markdown(result) if is_benchmark else evaluation_markdown(result)
         (staging / names["md"]).write_text(markdown, encoding="utf-8")
         if is_benchmark:
             plot_latency(result, staging / names["png"])
