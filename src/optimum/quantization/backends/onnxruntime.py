@@ -31,6 +31,7 @@ from ..export import export_onnx
 from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
+from .ort_pair_safe import make_pair_safe
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .ort_kv_buffers import PreallocatedKVBindingMixin
 
@@ -241,7 +242,10 @@ class OnnxRuntimeBackend(Backend):
         graph = onnx.load(str(src), load_external_data=False)
         nodes_to_exclude, unused = excluded_nodes(graph, config, op_types)
         details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
-        reduce_range = resolve_reduce_range(config.reduce_range)
+        pair_safe = config.reduce_range == "pair-safe"
+        if pair_safe and not (config.per_channel and config.weight_type == "int8"):
+            raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
+        reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
         quantize_dynamic(
             src,
             dst,
@@ -252,7 +256,13 @@ class OnnxRuntimeBackend(Backend):
             nodes_to_exclude=nodes_to_exclude,
             extra_options=dict(_FLOAT_DEFAULT),
         )
-        return {**details, "op_types": op_types, "reduce_range": reduce_range, "excluded_nodes": nodes_to_exclude, "unused_exclude_patterns": unused}
+        if pair_safe:
+            quantized = onnx.load(str(dst))
+            details.update(make_pair_safe(quantized, onnx.load(str(src))))
+            onnx.save(quantized, str(dst))
+        weight_range = "pair-safe" if pair_safe else ("7-bit" if reduce_range else "8-bit")
+        return {**details, "op_types": op_types, "reduce_range": reduce_range, "weight_range": weight_range,
+                "excluded_nodes": nodes_to_exclude, "unused_exclude_patterns": unused}
 
     def _quantize_static(
         self, src: Path, model: onnx.ModelProto, dst: Path, config: StaticQuantConfig, feeds: list, work_dir: Path
