@@ -168,10 +168,17 @@ def test_weight_only_int4_causal_lm_generates_and_round_trips(tiny_dir, tmp_path
 
 
 @pytest.mark.slow  # one more decoder export (~20 s); the 4-bit test covers the weight-only path
-def test_weight_only_int8_logits_match_fp32(tiny_dir):
-    folder = tiny_dir("text-generation")
+@pytest.mark.parametrize("kind, tied", [("text-generation", True), ("llama-text-generation", False)])
+def test_weight_only_int8_logits_match_fp32(tiny_dir, kind, tied):
+    folder = tiny_dir(kind)
     model = QuantModelForCausalLM.from_pretrained(folder, backend="openvino", quantize="w8")
-    assert model.quantization_recipe.details["mode"] == "int8_sym"
+    details = model.quantization_recipe.details
+    assert details["mode"] == "int8_sym"
+    # lm_head is excluded by default; tied to the (compressed) token embedding it still computes in INT8, and the
+    # recipe must say so rather than list it as FP32.
+    lm_head = [n for n in details["excluded_nodes"] + details["excluded_but_shared_with_compressed_weight"] if "lm_head" in n]
+    assert len(lm_head) == 1
+    assert (lm_head[0] in details["excluded_but_shared_with_compressed_weight"]) == tied
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(SENTENCES[0], return_tensors="pt")
     with torch.no_grad():
