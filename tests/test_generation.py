@@ -214,7 +214,13 @@ def test_generation_benchmark_measures_each_variant_in_a_fresh_process(tiny_dir)
         assert [r["batch_size"] for r in row["latency"]] == [1, 2]
         assert row["peak_rss_bytes"] > 0 and row["time_to_first_token_s"] > row["load_s"] > 0
     assert rows["ort-int8"]["size_bytes"] == rows["ort-int8-no-iobinding"]["size_bytes"] < rows["pytorch-fp32"]["size_bytes"]
-    assert "| ort-int8-no-iobinding |" in generation_benchmark_markdown(result)
+    for row in rows.values():  # memory by stage: imports, runtime, load, first token, each batch size; peak last
+        stages = row["memory_stages"]
+        assert [s["stage"] for s in stages][-3:] == ["first token", "generate b1", "generate b2"]
+        assert stages[1]["rss_bytes"] > stages[0]["rss_bytes"] + 50e6  # importing torch costs well over 50 MB
+        assert all(a["peak_rss_bytes"] <= b["peak_rss_bytes"] <= row["peak_rss_bytes"] for a, b in zip(stages, stages[1:]))
+    markdown = generation_benchmark_markdown(result)
+    assert "| ort-int8-no-iobinding |" in markdown and "| variant | python + optimum.quantization | + torch |" in markdown
 
 
 def test_generations_command_writes_side_by_side_markdown(tiny_dir, tmp_path):

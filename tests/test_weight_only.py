@@ -227,6 +227,17 @@ def test_save_reload_round_trip_is_identical(tiny_dir, tmp_path, w8_gpt2):
     assert reloaded.generate(**inputs, **kwargs).tolist() == w8_gpt2.generate(**inputs, **kwargs).tolist()
 
 
+def test_causal_lm_weights_are_saved_beside_the_graph(tmp_path, w8_gpt2):
+    """ONNX Runtime maps model.onnx_data instead of copying every weight out of a parsed protobuf (peak memory)."""
+    out = tmp_path / "saved"
+    w8_gpt2.save_pretrained(out)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    external = [t.name for t in graph.graph.initializer if onnx.external_data_helper.uses_external_data(t)]
+    assert any(name.endswith("_Q8") for name in external) and "transformer.wte.weight" in external
+    assert (out / "model.onnx_data").stat().st_size > (out / "model.onnx").stat().st_size  # tiny model: the graph is big
+    assert json.loads((out / RECIPE_FILE).read_text())["details"]["external_data_file"] == "model.onnx_data"
+
+
 # --------------------------------------------------------------------------------------------- encoder
 
 

@@ -8,6 +8,7 @@ load options (`use_io_binding`), and optimum-intel's `OVModelForCausalLM` as the
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError, QuantizationError
-from .evaluation.benchmark import peak_rss_bytes, set_threads
+from .evaluation.benchmark import memory_snapshot, peak_rss_bytes, set_threads
 from .evaluation.generation import fixed_length_kwargs, per_token_latency, prompt_inputs, side_by_side_generations
 from .recipe import library_versions
 from .side_by_side import _check_baseline, build_all, machine_record, measure_round_robin, run_worker
@@ -30,6 +31,7 @@ from .variants import (
     VariantBuilder,
     VariantSpec,
     _ort_session_options,
+    builder_for,
     load_variant,
     parse_variant,
     register_variant_kind,
@@ -157,27 +159,38 @@ def _worker(job_path: str, output_path: str) -> None:
     """One variant in a fresh process: time to first token from process start, per-token latency, peak memory."""
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     config = GenerationBenchmarkConfig(**job["config"])
+    memory = [("python + optimum.quantization", memory_snapshot())]
     set_threads(config.threads)
     import torch
 
+    memory.append(("+ torch", memory_snapshot()))
+    import transformers.generation.utils  # noqa: F401  (what any generate()-able model imports)
+
+    memory.append(("+ transformers generation", memory_snapshot()))
     load_start = time.time()
-    model = load_variant(Path(job["folder"]), TASK, threads=config.threads)
+    folder = Path(job["folder"])
+    spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
+    for module in builder_for(spec).requires:
+        importlib.import_module(module)
+    memory.append(("+ runtime", memory_snapshot()))
+    model = load_variant(folder, TASK, threads=config.threads)
     load_s = time.time() - load_start
+    memory.append(("model loaded", memory_snapshot()))
     first = prompt_inputs(1, config.prompt_length, job["vocab_size"], config.seed)
     with torch.no_grad():
         model.generate(**first, **fixed_length_kwargs(1))
     time_to_first_token_s = time.time() - job["spawned_at"]
-    latency = [
-        per_token_latency(
-            model, prompt_inputs(b, config.prompt_length, job["vocab_size"], config.seed), config.new_tokens,
-            repeats=config.repeats, warmup=config.warmup,
-        )
-        for b in config.batch_sizes
-    ]
+    memory.append(("first token", memory_snapshot()))
+    latency = []
+    for b in config.batch_sizes:
+        inputs = prompt_inputs(b, config.prompt_length, job["vocab_size"], config.seed)
+        latency.append(per_token_latency(model, inputs, config.new_tokens, repeats=config.repeats, warmup=config.warmup))
+        memory.append((f"generate b{b}", memory_snapshot()))
     result = {
         "load_s": load_s,
         "time_to_first_token_s": time_to_first_token_s,
         "peak_rss_bytes": peak_rss_bytes(),
+        "memory_stages": [{"stage": stage, **snapshot} for stage, snapshot in memory],
         "load_average_1m": os.getloadavg()[0],
         "latency": latency,
     }
@@ -199,7 +212,11 @@ def merge_rounds(rounds: list[dict]) -> dict:
             row[k] = statistics.median(r[k] for r in rows)
         row["tokens_per_s"] = 1e3 * row["batch_size"] / row["per_token_ms"] if row["per_token_ms"] > 0 else float("inf")
         latency.append(row)
-    return {**merged, "latency": latency, "rounds": len(rounds)}
+    stages = [
+        {"stage": rows[0]["stage"], **{k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "stage"}}
+        for rows in zip(*(r.get("memory_stages", []) for r in rounds))
+    ]
+    return {**merged, "latency": latency, "memory_stages": stages, "rounds": len(rounds)}
 
 
 def run_generation_benchmark(
@@ -261,6 +278,26 @@ def generation_benchmark_markdown(result: dict) -> str:
             cells.append("-" if r is None else f"{r['per_token_ms']:.1f}" + (f" ({ratio:.2f}x)" if ratio else ""))
         cells += [f"{row['size_bytes'] / 1e6:.0f}", f"{row['peak_rss_bytes'] / 1e6:.0f}", f"{row['time_to_first_token_s']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + memory_stages_markdown(result["variants"])
+
+
+def memory_stages_markdown(rows: Sequence[dict]) -> str:
+    """Resident memory (MB) of each variant's fresh process after each stage, with the file-backed part and the peak."""
+    rows = [r for r in rows if r.get("memory_stages")]
+    if not rows:
+        return ""
+    stages = [s["stage"] for s in rows[0]["memory_stages"]]
+    lines = [
+        "",
+        "Resident memory (VmRSS MB, file-backed part in brackets: mapped libraries and weights) after each stage "
+        "of the fresh process; the last column is its peak (VmHWM).",
+        "",
+        "| variant | " + " | ".join(stages) + " | peak |",
+        "|" + "---|" * (len(stages) + 2),
+    ]
+    for row in rows:
+        cells = [f"{s['rss_bytes'] / 1e6:.0f} ({s['file_bytes'] / 1e6:.0f})" if "rss_bytes" in s else "-" for s in row["memory_stages"]]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['peak_rss_bytes'] / 1e6:.0f} |")
     return "\n".join(lines) + "\n"
 
 

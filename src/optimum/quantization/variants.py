@@ -279,6 +279,8 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ov-int8-nncf", "openvino", {"quantize": "static", "precision": "int8"}),
         VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
+        VariantSpec("ov-w8", "openvino", {"quantize": "w8"}),
+        VariantSpec("ov-w4", "openvino", {"quantize": "w4"}),
         VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
         VariantSpec("ort-ovep-fp32", "quantized", _quantized("onnxruntime-openvino", None)),
         VariantSpec("ort-ovep-int8-static", "quantized", _quantized("onnxruntime-openvino", "static")),

@@ -140,6 +140,23 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
 
 
+MEMORY_FIELDS = {"VmRSS": "rss_bytes", "VmHWM": "peak_rss_bytes", "RssAnon": "anon_bytes", "RssFile": "file_bytes"}
+
+
+def memory_snapshot() -> dict[str, int]:
+    """This process's resident memory now, its peak so far, and the resident anonymous / file-backed parts (bytes).
+
+    File-backed pages are mapped files (shared libraries, memory-mapped weights): clean pages the kernel can drop.
+    Linux only (/proc/self/status); elsewhere just the peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if line.split(":", 1)[0] in MEMORY_FIELDS)
+        return {MEMORY_FIELDS[k]: int(v.split()[0]) * 1024 for k, v in fields.items()}
+    except OSError:
+        return {"peak_rss_bytes": peak_rss_bytes()}
+
+
 def set_threads(threads: int | None) -> None:
     """Fix PyTorch's intra-op threads; ONNX Runtime sessions take theirs from their session options."""
     if threads is not None:
