@@ -5,8 +5,9 @@
     # ORT + OpenVINO EP rows: the same script in the onnxruntime-openvino environment (make .venv-ortov/.installed):
     cd benchmarks && HF_HUB_OFFLINE=1 ../.venv-ortov/bin/python openvino_squad.py --variants ort-ovep-fp32 ort-ovep-int8-static --baseline ort-ovep-fp32 --name squad_ort_openvino_ep
 
-Speed: batch 4 x sequence 128 (seed 002's target: INT8 >= 2.5x FP32 throughput on AVX512-VNNI; on AVX2 CPUs
-the backend's precision="auto" stores INT8 weights with FP32 compute instead, see backends/openvino.py).
+Speed: batch 4 x sequence 128 (seed 002's target: INT8 >= 2.5x FP32 throughput on AVX512-VNNI). `ov-int8-auto` is
+the backend's precision="auto": it times static INT8, INT8 weights and FP32 when it is built (with --threads) and
+stores the fastest, which on AVX2 CPUs may be FP32 (see backends/openvino_precision.py); its recipe says which.
 Accuracy: the 8 held-out SQuAD articles (benchmarks/accuracy.py's split), calibration on 128 training questions.
 Writes benchmarks/results/<name>_{speed,accuracy}.{json,md}.
 """

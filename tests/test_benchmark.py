@@ -13,6 +13,7 @@ from optimum.quantization.evaluation.benchmark import (
     latency_sweep,
     peak_rss_bytes,
     percentile,
+    round_robin_ms,
     weights_size_bytes,
 )
 from optimum.quantization.evaluation.report import benchmark_markdown, evaluation_markdown, write_reports
@@ -38,6 +39,19 @@ def test_percentile_is_nearest_rank():
     times = list(range(1, 101))
     assert (percentile(times, 50), percentile(times, 90), percentile(times, 99), percentile(times, 100)) == (50, 90, 99, 100)
     assert percentile([3.0], 99) == 3.0
+
+
+def test_round_robin_warms_up_then_takes_turns_in_rotating_order():
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    times = round_robin_ms(calls, rounds=4, warmup=2)
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
+    assert order[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]  # nobody always goes first
+    assert {name: len(ms) for name, ms in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(ms >= 0 for values in times.values() for ms in values)
+    assert round_robin_ms({}, rounds=3) == {}
+    with pytest.raises(ConfigError):
+        round_robin_ms(calls, rounds=0)
 
 
 def test_latency_sweep_times_every_shape(tiny_dir):

@@ -240,6 +240,20 @@ def test_card_without_measurements_says_so_and_omits_a_local_base_model(tmp_path
     assert "QuantModelForQuestionAnswering.from_pretrained('org/qa', subfolder='fp32', revision='v2')" in card.text
 
 
+def test_card_of_a_static_request_kept_in_fp32_says_fp32_and_why():
+    """OpenVINO's precision="auto" stores the FP32 IR when it measured fastest: the card must not claim INT8."""
+    from optimum.quantization import StaticQuantConfig
+
+    reason = "measured fastest here (fp32 90.31 ms, int8-weights 101.71 ms, int8 134.28 ms)"
+    recipe = QuantizationRecipe(backend="openvino", task="question-answering", quantization=StaticQuantConfig(),
+                                details={"precision": {"requested": "auto", "chosen": "fp32", "reason": reason}})
+    card = build_model_card(recipe, "org/qa")
+    assert "quantized" not in card.data.tags and "int8" not in card.data.tags
+    assert "An FP32 question-answering export" in card.text and reason in card.text
+    int8 = dataclasses.replace(recipe, details={"precision": {"requested": "auto", "chosen": "int8", "reason": reason}})
+    assert "int8" in build_model_card(int8, "org/qa").data.tags
+
+
 def test_subfolders_are_published_and_a_user_written_readme_is_kept_with_our_metadata(hub, ort_model, tmp_path):
     folder = tmp_path / "saved"
     ort_model.save_pretrained(folder)

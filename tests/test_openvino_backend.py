@@ -1,7 +1,9 @@
 """OpenVINO backend on tiny models: INT8 really in the IR and in the kernels that run, outputs close to FP32,
-pipelines, generate, round trips, accuracy control, CPU-dependent precision, and clear errors."""
+pipelines, generate, round trips, accuracy control, measured precision choice, and clear errors."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
@@ -22,9 +24,9 @@ from optimum.quantization import (  # noqa: E402
     StaticQuantConfig,
     WeightOnlyQuantConfig,
 )
-from optimum.quantization.backends.openvino import choose_precision  # noqa: E402
+from optimum.quantization.backends import openvino_precision  # noqa: E402
 from optimum.quantization.evaluation.census import openvino_quantized_counts, openvino_runtime_precisions  # noqa: E402
-from optimum.quantization.hardware import CpuInfo  # noqa: E402
+from optimum.quantization.hardware import cpu_info  # noqa: E402
 from optimum.quantization.recipe import QuantizationRecipe  # noqa: E402
 
 STATIC = StaticQuantConfig(calibration=CalibrationConfig(sequence_length=32))
@@ -45,17 +47,38 @@ def assert_close(reference, candidate):
     assert (reference.argmax(-1) == candidate.argmax(-1)).mean() >= 0.9
 
 
+def forced_timing(winner: str, seen: list):
+    """A `time_candidates` that really compiles and runs every candidate, then reports `winner` the fastest."""
+    real = openvino_precision.time_candidates
+
+    def time_candidates(models, feeds, device, ov_config):
+        measured = real(models, feeds, device, ov_config)
+        seen.append({"models": sorted(models), "feeds": len(feeds), "device": device, "ov_config": ov_config,
+                     "measured": measured})
+        return {name: 10.0 if name == winner else 20.0 for name in measured}
+
+    return time_candidates
+
+
+def no_timing(*args):
+    raise AssertionError("an explicit precision (or accuracy control) must not time candidates")
+
+
 @pytest.fixture(scope="module")
 def static_classifier(tiny_dir):
+    """precision="auto" (the default) with static INT8 measured fastest."""
     folder = tiny_dir("text-classification")
-    model = QuantModelForSequenceClassification.from_pretrained(
-        folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES, precision="int8"
-    )
-    return folder, model
+    seen: list = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openvino_precision, "time_candidates", forced_timing("int8", seen))
+        model = QuantModelForSequenceClassification.from_pretrained(
+            folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES
+        )
+    return folder, model, seen
 
 
 def test_static_int8_ir_and_kernels_are_int8_and_match_fp32(static_classifier):
-    folder, model = static_classifier
+    folder, model, _ = static_classifier
     from optimum.intel import OVModelForSequenceClassification
 
     assert isinstance(model, OVModelForSequenceClassification)
@@ -77,7 +100,7 @@ def test_static_int8_ir_and_kernels_are_int8_and_match_fp32(static_classifier):
 
 
 def test_static_round_trip_and_pipeline(static_classifier, tmp_path):
-    folder, model = static_classifier
+    folder, model, _ = static_classifier
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(SENTENCES, return_tensors="np", padding=True)
     model.save_pretrained(tmp_path / "saved")
@@ -92,11 +115,14 @@ def test_static_round_trip_and_pipeline(static_classifier, tmp_path):
     assert len(classifier(SENTENCES[:3])) == 3
 
 
-def test_question_answering_static_with_pairs_in_pipeline(tiny_dir):
+def test_question_answering_static_with_pairs_in_pipeline(tiny_dir, monkeypatch):
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
     folder = tiny_dir("question-answering")
     model = QuantModelForQuestionAnswering.from_pretrained(
         folder, backend="openvino", quantize=STATIC, calibration_dataset=QA_PAIRS, precision="int8"
     )
+    precision = model.quantization_recipe.details["precision"]
+    assert precision == {"requested": "int8", "chosen": "int8", "reason": "requested"}
     assert openvino_quantized_counts(model.model)["FakeQuantize"] >= 12
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(*zip(*QA_PAIRS), return_tensors="pt", padding=True)
@@ -112,32 +138,116 @@ def test_question_answering_static_with_pairs_in_pipeline(tiny_dir):
     assert answer["answer"] in SENTENCES[3]
 
 
-def test_auto_precision_follows_the_cpu():
-    avx2 = CpuInfo("AMD EPYC", ("avx2", "fma"), 2)
-    vnni = CpuInfo("Xeon", ("avx2", "avx512f", "avx512_vnni"), 2)
-    assert choose_precision("auto", vnni)[0] == "int8"
-    chosen, why = choose_precision("auto", avx2)
-    assert chosen == "int8-weights" and "jit_gemm_i8" in why
-    assert choose_precision("int8", avx2) == ("int8", "requested")
+def test_auto_times_all_three_candidates_and_records_the_choice(static_classifier):
+    _, model, seen = static_classifier
+    assert len(seen) == 1  # measured once, with every candidate compiled and run on the calibration feeds
+    assert seen[0]["models"] == sorted(openvino_precision.CANDIDATES) and seen[0]["feeds"] == len(SENTENCES)
+    assert seen[0]["device"] == "CPU" and seen[0]["ov_config"] == {"PERFORMANCE_HINT": "LATENCY"}
+    assert all(ms > 0 for ms in seen[0]["measured"].values()), seen[0]["measured"]
+    precision = model.quantization_recipe.details["precision"]
+    assert (precision["requested"], precision["chosen"]) == ("auto", "int8")
+    assert precision["measured_ms"] == {"int8": 10.0, "int8-weights": 20.0, "fp32": 20.0}
+    assert precision["isa"] == list(cpu_info().isa) and "int8 10.00 ms" in precision["reason"]
+    sizes = precision["size_bytes"]
+    assert set(sizes) == set(openvino_precision.CANDIDATES)
+    assert sizes["fp32"] > max(sizes["int8"], sizes["int8-weights"])
+    timing = precision["timing"]
+    assert timing["rounds"] == openvino_precision.TIMING_ROUNDS and timing["input_shape"] == [1, 32]
+
+
+@pytest.mark.parametrize("winner", ["fp32", "int8-weights"])
+def test_auto_stores_the_measured_fastest(tiny_dir, tmp_path, monkeypatch, caplog, winner):
+    folder = tiny_dir("text-classification")
+    seen: list = []
+    monkeypatch.setattr(openvino_precision, "time_candidates", forced_timing(winner, seen))
+    # optimum's logging setup stops propagation at the "optimum" logger: listen on the backend's own logger.
+    backend_logger = logging.getLogger("optimum.quantization.backends.openvino")
+    monkeypatch.setattr(backend_logger, "handlers", [caplog.handler])
+    monkeypatch.setattr(backend_logger, "propagate", False)
+    with caplog.at_level(logging.INFO, logger=backend_logger.name):
+        model = QuantModelForSequenceClassification.from_pretrained(
+            folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES,
+            ov_config={"INFERENCE_NUM_THREADS": 1},
+        )
+    # Timed as it will be loaded: the user's ov_config over optimum-intel's default hint.
+    assert seen[0]["ov_config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("OpenVINO precision")] == [
+        f"OpenVINO precision: {winner} ({model.quantization_recipe.details['precision']['reason']})."
+    ]
+    details = model.quantization_recipe.details
+    assert details["precision"]["chosen"] == winner and details["precision"]["measured_ms"][winner] == 10.0
+    counts = openvino_quantized_counts(model.model)
+    assert details["quantized_nodes"] == counts and "FakeQuantize" not in counts
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    reference = torch_logits(folder, **inputs).logits.numpy()
+    if winner == "fp32":  # the export itself: no INT8 anywhere, FP32 outputs
+        assert counts == {} and "int8_size_bytes" not in details and "algorithm" not in details
+        assert "FP32 IR is stored" in details["precision"]["reason"]
+        np.testing.assert_allclose(model(**inputs).logits.numpy(), reference, atol=1e-4)
+    else:  # INT8 weights, FP32 compute
+        assert details["algorithm"] == "nncf.compress_weights" and counts["weights_i8"] >= 13, counts
+        assert details["int8_size_bytes"] == details["precision"]["size_bytes"]["int8-weights"]
+        assert_close(reference, model(**inputs).logits.numpy())
+    model.save_pretrained(tmp_path / "saved")
+    assert openvino_quantized_counts(tmp_path / "saved" / "openvino_model.xml") == counts
+    reloaded = QuantModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert reloaded.quantization_recipe.details == details and reloaded.quantization_recipe.quantization == STATIC
+    np.testing.assert_allclose(reloaded(**inputs).logits.numpy(), model(**inputs).logits.numpy(), atol=1e-5)
+
+
+def test_benchmark_variant_ov_int8_auto_times_with_the_benchmark_threads_and_reports_its_choice(tiny_dir, monkeypatch):
+    from optimum.quantization.evaluation.report import evaluation_markdown
+    from optimum.quantization.side_by_side import run_evaluation
+
+    seen: list = []
+    monkeypatch.setattr(openvino_precision, "time_candidates", forced_timing("fp32", seen))
+    threads = torch.get_num_threads()  # run_evaluation sets torch's threads: keep them as they are for later tests
+    result = run_evaluation(str(tiny_dir("text-classification")), "text-classification",
+                            {"texts": SENTENCES, "labels": None}, variants=["ov-int8-auto"], threads=threads)
+    (row,) = result["variants"]
+    assert "error" not in row, row
+    assert seen[0]["ov_config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    assert row["precision"]["chosen"] == "fp32" and row["precision"]["requested"] == "auto"
+    assert '- `ov-int8-auto`: precision="auto" stored **fp32**: measured fastest' in evaluation_markdown(result)
+
+
+def test_pick_fastest_prefers_the_smaller_file_within_the_margin():
+    sizes = {"int8": 25, "int8-weights": 23, "fp32": 90}
+    assert openvino_precision.pick_fastest({"int8": 134.3, "int8-weights": 101.7, "fp32": 90.3}, sizes)[0] == "fp32"
+    # FP32 fastest by less than TIE_MARGIN (5%): the quantized, smaller file wins, and the reason says so.
+    chosen, why = openvino_precision.pick_fastest({"int8": 130.0, "int8-weights": 94.0, "fp32": 90.3}, sizes)
+    assert chosen == "int8-weights" and "within 5% of the fastest (fp32)" in why
+    pick = openvino_precision.pick_fastest
+    assert pick({"int8": 50.0, "int8-weights": 52.0, "fp32": 90.0}, sizes)[0] == "int8-weights"
+    assert pick({"int8": 50.0, "int8-weights": 60.0, "fp32": 90.0}, sizes)[0] == "int8"
+
+
+def test_fixed_precisions_are_not_measured():
+    assert openvino_precision.fixed_precision("int8-weights", accuracy_control=False) == ("int8-weights", "requested")
+    assert openvino_precision.fixed_precision("int8", accuracy_control=False) == ("int8", "requested")
+    assert openvino_precision.fixed_precision("auto", accuracy_control=False) is None
+    assert openvino_precision.fixed_precision("int8-weights", accuracy_control=True)[0] == "int8"
     with pytest.raises(ConfigError, match="precision"):
-        choose_precision("int4", avx2)
+        openvino_precision.fixed_precision("int4", accuracy_control=False)
 
 
-@pytest.mark.slow  # one more export (~15 s); test_auto_precision_follows_the_cpu covers the rule
+@pytest.mark.slow  # one more export with real timing (~20 s); the forced-winner tests cover the paths
 def test_auto_precision_on_this_cpu_is_recorded_and_matches_the_ir(tiny_dir):
-    from optimum.quantization import cpu_info
-
-    folder = tiny_dir("feature-extraction")
     from optimum.quantization import QuantModelForFeatureExtraction
 
+    folder = tiny_dir("feature-extraction")
     model = QuantModelForFeatureExtraction.from_pretrained(folder, backend="openvino", quantize="static", calibration_dataset=SENTENCES)
     precision = model.quantization_recipe.details["precision"]
-    assert precision["requested"] == "auto" and precision["chosen"] == choose_precision("auto", cpu_info())[0]
+    assert precision["requested"] == "auto"
+    assert precision["chosen"] == openvino_precision.pick_fastest(precision["measured_ms"], precision["size_bytes"])[0]
     counts = openvino_quantized_counts(model.model)
     if precision["chosen"] == "int8":
         assert counts["FakeQuantize"] > 0
-    else:  # INT8 weights, FP32 compute: no activation quantizers
+    elif precision["chosen"] == "int8-weights":  # INT8 weights, FP32 compute: no activation quantizers
         assert "FakeQuantize" not in counts and counts.get("weights_u8", 0) + counts.get("weights_i8", 0) >= 12, counts
+    else:
+        assert counts == {}
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -188,7 +298,8 @@ def test_weight_only_int8_logits_match_fp32(tiny_dir, kind, tied):
     assert (reference.argmax(-1) == candidate.argmax(-1)).mean() >= 0.9
 
 
-def test_accuracy_control_records_metrics_within_the_drop(tiny_dir):
+def test_accuracy_control_records_metrics_within_the_drop(tiny_dir, monkeypatch):
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)  # accuracy control forces static INT8
     folder = tiny_dir("text-classification")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
@@ -202,6 +313,7 @@ def test_accuracy_control_records_metrics_within_the_drop(tiny_dir):
         folder, backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES, accuracy_control=control
     )
     details = model.quantization_recipe.details
+    assert details["precision"]["chosen"] == "int8" and "accuracy control" in details["precision"]["reason"]
     assert details["algorithm"] == "nncf.quantize_with_accuracy_control"
     report = details["accuracy_control"]
     assert report["metric"] == "agreement" and report["validation_samples"] == len(SENTENCES)

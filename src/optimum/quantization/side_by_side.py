@@ -28,7 +28,7 @@ from .evaluation.benchmark import (
     weights_size_bytes,
 )
 from .hardware import cpu_info
-from .recipe import library_versions
+from .recipe import find_recipe, library_versions
 from .samples import demo_sentences
 from .tasks import normalize_task
 from .variants import (
@@ -70,16 +70,19 @@ def _check_baseline(specs: Sequence[VariantSpec], baseline: str | None) -> str:
     return baseline
 
 
-def build_all(model_path: str, task: str, specs, work_dir: Path, calibration_data=None) -> dict[str, Path | str]:
+def build_all(
+    model_path: str, task: str, specs, work_dir: Path, calibration_data=None, threads: int | None = None
+) -> dict[str, Path | str]:
     """Build every variant under `work_dir`; a variant that fails keeps its error message instead of a folder.
 
     Static variants calibrate on `calibration_data` (a file path) or, by default, the shipped sentences.
+    `threads`: what the variants will be measured with (OpenVINO's precision="auto" times its candidates so).
     """
     source = prepare_source(model_path, task, work_dir / "source")
     if calibration_data is None:
         calibration_data = work_dir / "calibration.txt"
         calibration_data.write_text("\n".join(demo_sentences()), encoding="utf-8")
-    context = BuildContext(source_dir=source, task=task, calibration_file=Path(calibration_data))
+    context = BuildContext(source_dir=source, task=task, calibration_file=Path(calibration_data), threads=threads)
     built: dict[str, Path | str] = {}
     for spec in _progress(specs, "building variants"):
         try:
@@ -195,6 +198,13 @@ def merge_rounds(rounds: list[dict]) -> dict:
     return {**merged, "cold_start_shape": rounds[0]["cold_start_shape"], "latency": latency, "rounds": len(rounds)}
 
 
+def stored_precision(folder: Path) -> dict:
+    """{"precision": ...} when the variant's recipe records a precision choice (OpenVINO), else {}."""
+    recipe = find_recipe(folder)
+    precision = recipe.details.get("precision") if recipe is not None else None
+    return {"precision": precision} if precision else {}
+
+
 def measure_round_robin(specs, built: dict, rounds: int, merge, measure) -> list[dict]:
     """One report row per variant: `measure(folder)` in `rounds` round-robin passes, merged by `merge`.
 
@@ -218,7 +228,9 @@ def measure_round_robin(specs, built: dict, rounds: int, merge, measure) -> list
         if spec.name in errors:
             rows.append({**row, "error": errors[spec.name]})
         else:
-            rows.append({**row, "size_bytes": weights_size_bytes(built[spec.name]), **merge(measurements[spec.name])})
+            folder = built[spec.name]
+            rows.append({**row, "size_bytes": weights_size_bytes(folder), **stored_precision(folder),
+                         **merge(measurements[spec.name])})
     return rows
 
 
@@ -241,7 +253,7 @@ def run_benchmark(
     baseline = _check_baseline(specs, baseline)
     config = config or BenchmarkConfig()
     with tempfile.TemporaryDirectory(prefix="optimum-quantization-bench-", dir=work_dir) as tmp:
-        built = build_all(model_path, task, specs, Path(tmp), calibration_data)
+        built = build_all(model_path, task, specs, Path(tmp), calibration_data, config.threads)
         vocab_size, input_names, max_positions = _input_signature(Path(tmp) / "source")
         config = _fit_to_model(config, max_positions)
         rows = measure_round_robin(
@@ -330,7 +342,7 @@ def run_evaluation(
     # The baseline goes first, so every other variant can be compared with its predictions.
     ordered = sorted(specs, key=lambda s: s.name != baseline)
     with tempfile.TemporaryDirectory(prefix="optimum-quantization-eval-", dir=work_dir) as tmp:
-        built = build_all(model_path, task, ordered, Path(tmp), calibration_data)
+        built = build_all(model_path, task, ordered, Path(tmp), calibration_data, threads)
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "source")
         rows, reference = {}, None
         for spec in _progress(ordered, "evaluating variants"):
@@ -340,7 +352,8 @@ def run_evaluation(
                 continue
             model = load_variant(folder, task, threads=threads)
             scored, predictions = _score(model, tokenizer, task, data)
-            row = {"name": spec.name, "spec": spec.to_dict(), "metrics": scored, "size_bytes": weights_size_bytes(folder)}
+            row = {"name": spec.name, "spec": spec.to_dict(), "metrics": scored,
+                   "size_bytes": weights_size_bytes(folder), **stored_precision(folder)}
             if spec.name == baseline:
                 reference = predictions
             elif reference is not None:

@@ -41,11 +41,13 @@ class VariantSpec:
 
 @dataclass
 class BuildContext:
-    """What every builder gets: the FP32 task checkpoint all variants start from, and calibration texts."""
+    """What every builder gets: the FP32 task checkpoint all variants start from, calibration texts, and the
+    threads the variants will run with."""
 
     source_dir: Path
     task: str
     calibration_file: Path | None = None
+    threads: int | None = None
 
 
 class VariantBuilder:
@@ -216,6 +218,7 @@ class OpenVINOQuantized(OurQuantized):
             backend="openvino",
             quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
             calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
+            ov_config=_ov_config(context.threads),  # precision="auto" times its candidates as they will be loaded
             **extra,
         )
         model.save_pretrained(folder)

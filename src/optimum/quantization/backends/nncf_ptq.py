@@ -103,32 +103,9 @@ def quantize_static(
         "overflow_fix": OVERFLOW_FIX[reduce_range].value,
         "reduce_range": reduce_range,
         "calibration_samples": len(feeds),
-        "excluded_nodes": [n for n in names if n not in shared],
-        "excluded_but_shared_with_compressed_weight": shared,
+        "excluded_nodes": names,
         "unused_exclude_patterns": unused,
     }
-
-
-LOW_PRECISION = {"i8", "u8", "i4", "u4"}
-DECOMPRESSION_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose"}
-
-
-def excluded_but_compressed(model: ov.Model, names) -> list[str]:
-    """The excluded nodes whose weight still reaches them from a low-precision constant: NNCF compresses a
-    constant once, so a MatMul that shares its weight with a compressed node (GPT-2's lm_head tied to the
-    token embedding) computes with the INT8 weight whatever the ignored scope says."""
-    wanted, found = set(names), []
-    for op in model.get_ops():
-        if op.get_friendly_name() not in wanted or op.get_input_size() < 2:
-            continue
-        frontier, depth = [op.input_value(1).get_node()], 0  # walk up the weight's decompression subgraph only
-        while frontier and depth < 6:
-            if any(n.get_type_name() == "Constant" and n.get_output_element_type(0).get_type_name() in LOW_PRECISION for n in frontier):
-                found.append(op.get_friendly_name())
-                break
-            frontier = [v.get_node() for n in frontier if n.get_type_name() in DECOMPRESSION_OPS for v in n.input_values()]
-            depth += 1
-    return found
     if accuracy is None:
         return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), details
 

@@ -1,10 +1,11 @@
 """OpenVINO backend: export to IR -> NNCF (static INT8, weight-only 8/4-bit) -> optimum-intel's OVModel classes.
 
-The INT8 precision it stores depends on the CPU (`precision="auto"`, the default): with VNNI/AMX the CPU
-plugin runs static INT8 GEMMs on dot-product kernels (seed 002: 2.95x over FP32). Without them (AVX2 only)
-oneDNN falls back to its legacy `jit_gemm_i8` kernels, which we profiled no faster than the FP32 brgemm/MLAS
-kernels while the u8 x s8 products saturate in 16 bits; there the backend stores INT8 weights and computes in
-FP32 (same speed as FP32, a quarter of the size, FP32 accuracy). `precision="int8"` forces static INT8.
+For a static INT8 request, what it stores depends on the CPU (`precision="auto"`, the default): it builds static
+INT8, INT8 weights and FP32, times the three on this CPU and keeps the fastest (openvino_precision.py). With
+VNNI/AMX that is expected to be static INT8 (seed 002: 2.95x over FP32); on an AVX2-only CPU our benchmark measured
+FP32 fastest (static INT8 0.67x, INT8 weights 0.89x of FP32 speed), and where FP32 wins the FP32 IR is stored and
+the recipe says why.
+`precision="int8"` / `"int8-weights"` force one form without measuring; accuracy control forces static INT8.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQua
 from ..errors import ConfigError
 from ..evaluation.census import openvino_quantized_counts
 from ..export import check_exportable
-from ..hardware import CpuInfo, cpu_info, resolve_reduce_range
+from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, runtime_model_class
-from . import nncf_ptq
+from . import nncf_ptq, openvino_precision
 
 logger = logging.getLogger(__name__)
 
 MODEL_XML = "openvino_model.xml"
-PRECISIONS = ("auto", "int8", "int8-weights")
+MODEL_BIN = "openvino_model.bin"
 # OpenVINO-only options of from_pretrained, taken out before the rest goes to the OVModel class.
 BACKEND_OPTIONS = ("precision", "accuracy_control")
 
@@ -66,22 +67,6 @@ class OVQuantModelForCausalLM(QuantizedModelMixin, OVModelForCausalLM):
 def optimum_model_class(task: str) -> type:
     """optimum-intel's `OVModelFor<Task>` that our class for `task` extends."""
     return runtime_model_class(OpenVINOBackend.model_classes[task])
-
-
-def choose_precision(requested: str, cpu: CpuInfo) -> tuple[str, str]:
-    """(precision to store, why) for a static INT8 request on `cpu`."""
-    if requested not in PRECISIONS:
-        raise ConfigError(f"`precision` must be one of {PRECISIONS}, got {requested!r}.")
-    if requested != "auto":
-        return requested, "requested"
-    if cpu.has_vnni:
-        return "int8", "the CPU has INT8 dot-product instructions (VNNI/AMX): OpenVINO runs static INT8 GEMMs on them"
-    return "int8-weights", (
-        "the CPU has no VNNI/AMX: OpenVINO's INT8 GEMMs fall back to oneDNN jit_gemm_i8 kernels (and u8 x s8 "
-        "products saturate in 16 bits); measured on an AVX2 CPU, static INT8 ran at 0.67x and INT8 weights with FP32 "
-        "compute at 0.89x of FP32 speed (benchmarks/results/openvino_squad_speed.md), so INT8 weights are stored "
-        "for a 4x smaller file, not for speed; pass precision='int8' to force static INT8"
-    )
 
 
 def export_openvino(request: QuantizationRequest, folder: Path) -> Path:
@@ -137,15 +122,9 @@ class OpenVINOBackend(Backend):
             accuracy.validation_data, text_column=accuracy.text_column
         )
         cpu = cpu_info()
-        details: dict = {}
-        precision = None
-        if isinstance(config, StaticQuantConfig):
-            precision, why = choose_precision(options.get("precision", "auto"), cpu)
-            if accuracy is not None and precision != "int8":
-                precision, why = "int8", "accuracy control needs static INT8"
-            details["precision"] = {"requested": options.get("precision", "auto"), "chosen": precision, "reason": why}
-            if why != "requested":
-                logger.info("OpenVINO precision: %s (%s).", precision, why)
+        requested = options.get("precision", "auto")
+        if isinstance(config, StaticQuantConfig):  # a bad precision fails here, before the slow export
+            openvino_precision.fixed_precision(requested, accuracy is not None)
         elif "precision" in options:
             raise ConfigError("`precision` chooses between static INT8 and INT8 weights: it needs quantize='static'.")
 
@@ -153,31 +132,22 @@ class OpenVINOBackend(Backend):
         work_dir = Path(work.name)
         export_dir = work_dir / "fp32"
         xml = export_openvino(request, export_dir)
-        details["fp32_size_bytes"] = (export_dir / "openvino_model.bin").stat().st_size
+        details: dict = {"fp32_size_bytes": (export_dir / MODEL_BIN).stat().st_size}
         model_dir = export_dir
+        if isinstance(config, StaticQuantConfig):
+            model_dir, details["precision"], quantized, more = self._static(
+                ov.Core().read_model(str(xml)), export_dir, request, requested, accuracy, validation_examples,
+                load_kwargs, cpu.isa,
+            )
+        elif config is not None:
+            quantized, more = nncf_ptq.compress_weights(ov.Core().read_model(str(xml)), config)
+            model_dir = _save_ir(quantized, export_dir, work_dir / "quantized")
         if config is not None:
-            core = ov.Core()
-            model = core.read_model(str(xml))
-            if precision == "int8":
-                feeds = self._feeds(model, request.calibration_examples, request, config)
-                validation = None if accuracy is None else self._feeds(model, validation_examples, request, config)
-                quantized, more = nncf_ptq.quantize_static(
-                    model, feeds, config, resolve_reduce_range(config.reduce_range), accuracy, validation
-                )
-            elif precision == "int8-weights":
-                weights = WeightOnlyQuantConfig(
-                    bits=8, exclude=list(config.exclude), keep_default_exclusions=config.keep_default_exclusions
-                )
-                quantized, more = nncf_ptq.compress_weights(model, weights)
-            else:
-                quantized, more = nncf_ptq.compress_weights(model, config)
             details.update(more)
-            model_dir = work_dir / "quantized"
-            shutil.copytree(export_dir, model_dir, ignore=shutil.ignore_patterns("openvino_model.*"))
-            ov.save_model(quantized, str(model_dir / MODEL_XML), compress_to_fp16=False)
             details["quantized_nodes"] = openvino_quantized_counts(quantized)
-            del model, quantized
-            details["int8_size_bytes"] = (model_dir / "openvino_model.bin").stat().st_size
+            del quantized
+            if model_dir != export_dir:
+                details["int8_size_bytes"] = (model_dir / MODEL_BIN).stat().st_size
         recipe = QuantizationRecipe(
             backend=self.name, task=request.task, quantization=config, source_model=str(request.model_path),
             details=details, hardware=cpu.to_dict(),
@@ -187,6 +157,33 @@ class OpenVINOBackend(Backend):
         if request.tokenizer is not None:
             model.quantization_preprocessors = [request.tokenizer]
         return model
+
+    def _static(self, model: ov.Model, export_dir: Path, request: QuantizationRequest, requested: str, accuracy,
+                validation_examples, load_kwargs: dict, isa):
+        """Build the precision asked for, or for "auto" every candidate, timed as it will be loaded; keep one.
+
+        Returns (folder of the kept IR, details["precision"], the kept ov.Model, the details of how it was built)."""
+        config = request.config
+        fixed = openvino_precision.fixed_precision(requested, accuracy is not None)
+        feeds = self._feeds(model, request.calibration_examples, request, config)
+        validation = None if accuracy is None else self._feeds(model, validation_examples, request, config)
+        names = openvino_precision.CANDIDATES if fixed is None else (fixed[0],)
+        built = {name: _build_candidate(name, model, feeds, config, accuracy, validation) for name in names}
+        folders = {
+            name: export_dir if name == "fp32" else _save_ir(candidate, export_dir, export_dir.parent / name)
+            for name, (candidate, _) in built.items()
+        }
+        if fixed is None:
+            precision = openvino_precision.choose_by_measurement(
+                {name: candidate for name, (candidate, _) in built.items()}, feeds,
+                {name: (folder / MODEL_BIN).stat().st_size for name, folder in folders.items()}, load_kwargs, isa,
+            )
+        else:
+            precision = {"requested": requested, "chosen": fixed[0], "reason": fixed[1]}
+        if precision["reason"] != "requested":
+            logger.info("OpenVINO precision: %s (%s).", precision["chosen"], precision["reason"])
+        chosen = precision["chosen"]
+        return folders[chosen], precision, *built[chosen]
 
     @staticmethod
     def _feeds(model: ov.Model, examples, request: QuantizationRequest, config) -> list[dict]:
@@ -221,3 +218,24 @@ class OpenVINOBackend(Backend):
         model = cls.from_pretrained(path, **load_kwargs)
         model.quantization_recipe = recipe
         return model
+
+
+def _build_candidate(name: str, model: ov.Model, feeds, config: StaticQuantConfig, accuracy, validation):
+    """(ov.Model, details) of one precision for a static request; "fp32" is the export itself."""
+    if name == "fp32":
+        return model, {}
+    if name == "int8":
+        return nncf_ptq.quantize_static(
+            model.clone(), feeds, config, resolve_reduce_range(config.reduce_range), accuracy, validation
+        )
+    weights = WeightOnlyQuantConfig(
+        bits=8, exclude=list(config.exclude), keep_default_exclusions=config.keep_default_exclusions
+    )
+    return nncf_ptq.compress_weights(model.clone(), weights)
+
+
+def _save_ir(model: ov.Model, export_dir: Path, folder: Path) -> Path:
+    """`model` as the IR of a copy of the export folder (config, generation config); returns the folder."""
+    shutil.copytree(export_dir, folder, ignore=shutil.ignore_patterns("openvino_model.*"))
+    ov.save_model(model, str(folder / MODEL_XML), compress_to_fp16=False)
+    return folder

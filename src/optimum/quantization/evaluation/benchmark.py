@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,6 +87,30 @@ def time_calls(call: Callable[[], object], config: BenchmarkConfig) -> list[floa
         call()
         times.append((time.perf_counter() - start) * 1e3)
     return sorted(times)
+
+
+_ONE_CALL = BenchmarkConfig(warmup=0, repeats=1, min_repeats=1)
+
+
+def round_robin_ms(calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per call of several callables measured in turns, in one process: `warmup` untimed calls
+    each, then `rounds` rounds of one timed call each, the order rotated every round so none always goes first.
+
+    Interleaving spreads a load change on the machine over every candidate instead of over one of them."""
+    if rounds < 1 or warmup < 0:
+        raise ConfigError("rounds must be >= 1 and warmup >= 0.")
+    names = list(calls)
+    if not names:
+        return {}
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name] += time_calls(calls[name], _ONE_CALL)
+    return times
 
 
 def latency_sweep(model, vocab_size: int, input_names: Sequence[str], config: BenchmarkConfig, progress=None) -> list[dict]:

@@ -67,7 +67,7 @@ def benchmark_markdown(result: dict, batch_size: int = 1, sequence_length: int =
         for b, s in shapes:
             cells = [_fmt((find_row(v, b, s) or {}).get("p50_ms")) for v in measured]
             lines.append(f"| {b} × {s} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + precision_notes(variants)) + "\n"
 
 
 def evaluation_markdown(result: dict) -> str:
@@ -93,7 +93,14 @@ def evaluation_markdown(result: dict) -> str:
         cells = [*values, *deltas, _format_agreement(v.get("agreement"))]
         cells += [_format_agreement(v.get("agreement_unlabelled"))] if unlabelled else []
         lines.append(f"| {v['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + precision_notes(result["variants"])) + "\n"
+
+
+def precision_notes(variants: list[dict]) -> list[str]:
+    """What a measured precision choice (OpenVINO's precision="auto") stored for each variant, and why."""
+    notes = [f"- `{v['name']}`: precision=\"auto\" stored **{v['precision']['chosen']}**: {v['precision']['reason']}."
+             for v in variants if (v.get("precision") or {}).get("requested") == "auto"]
+    return ["", *notes] if notes else []
 
 
 def _delta(value: float, reference: float, metric: str) -> str:

@@ -38,9 +38,15 @@ def hub_base_model(source_model: str) -> str | None:
     return source_model
 
 
+def kept_fp32_reason(recipe: QuantizationRecipe) -> str | None:
+    """Why a quantization request was stored in FP32 (OpenVINO's precision="auto" measured FP32 fastest), or None."""
+    precision = recipe.details.get("precision") or {}
+    return precision.get("reason") if precision.get("chosen") == "fp32" else None
+
+
 def method_name(recipe: QuantizationRecipe) -> str | None:
-    """"dynamic" / "static" (from the config class name), or None for an FP32 export."""
-    if recipe.quantization is None:
+    """"dynamic" / "static" (from the config class name), or None for an FP32 model."""
+    if recipe.quantization is None or kept_fp32_reason(recipe):
         return None
     return type(recipe.quantization).__name__.removesuffix("QuantConfig").lower()
 
@@ -100,6 +106,9 @@ def build_model_card(
     source = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else "a local checkpoint"
     if method is None:
         summary = f"An FP32 {recipe.task} export of {source} for the `{recipe.backend}` backend, saved by {LIBRARY_NAME}."
+        kept_fp32 = kept_fp32_reason(recipe)
+        if kept_fp32:
+            summary += f" INT8 was requested with `precision=\"auto\"` and FP32 was kept: {kept_fp32}."
     else:
         summary = f"{source[0].upper()}{source[1:]} quantized to INT8 ({method}) for the `{recipe.backend}` backend with {LIBRARY_NAME}, for {recipe.task}."
     settings = dataclasses.asdict(recipe.quantization) if recipe.quantization is not None else {}

@@ -1,0 +1,115 @@
+"""What the openvino backend stores for a static INT8 request: static INT8, INT8 weights or FP32, measured.
+
+How much OpenVINO gains from INT8 depends on the CPU. With VNNI/AMX the CPU plugin runs static INT8 GEMMs on
+dot-product kernels (seed 002: 2.95x over FP32). Without them (AVX2 only) oneDNN's INT8 GEMMs fall back to its
+legacy `jit_gemm_i8` kernels: on an AVX2 AMD EPYC, MiniLM QA at batch 4 x 128 ran static INT8 at 0.67x and INT8
+weights at 0.89x of OpenVINO FP32 speed (benchmarks/results/openvino_squad_speed.md), so FP32 was the fastest.
+Rather than guess from the ISA, `precision="auto"` builds the three candidates, compiles each with the device and
+`ov_config` the model will be loaded with, times them in turns on the calibration feeds and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from typing import Mapping, Sequence
+
+import openvino as ov
+
+from ..errors import ConfigError
+from ..evaluation.benchmark import round_robin_ms
+
+PRECISIONS = ("auto", "int8", "int8-weights")
+# What precision="auto" builds and times; explicit precisions build only themselves.
+CANDIDATES = ("int8", "int8-weights", "fp32")
+TIMING_WARMUP = 2  # untimed inferences per candidate after compiling
+TIMING_ROUNDS = 7  # round-robin rounds of one timed inference per candidate; each candidate's median counts
+# Candidates within TIE_MARGIN of the fastest median count as equally fast, and the smallest file among them wins:
+# so a quantized model beats FP32 on a tie, and between the two INT8 forms the smaller file is kept.
+TIE_MARGIN = 0.05
+# optimum-intel's OVModel compiles with this unless the user's ov_config sets it.
+DEFAULT_OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
+
+
+def fixed_precision(requested: str, accuracy_control: bool) -> tuple[str, str] | None:
+    """(precision, why) when nothing is measured: an explicit precision, or accuracy control; None for "auto"."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"`precision` must be one of {PRECISIONS}, got {requested!r}.")
+    if accuracy_control:
+        return "int8", "accuracy control needs static INT8 (nncf.quantize_with_accuracy_control)"
+    if requested != "auto":
+        return requested, "requested"
+    return None
+
+
+def compile_settings(load_kwargs: Mapping) -> tuple[str, dict]:
+    """The device and ov_config the model will be loaded with (optimum-intel's defaults where not given)."""
+    device = str(load_kwargs.get("device") or "CPU").upper()
+    return device, {**DEFAULT_OV_CONFIG, **(load_kwargs.get("ov_config") or {})}
+
+
+def time_candidates(
+    models: Mapping[str, ov.Model], feeds: Sequence[dict], device: str, ov_config: dict
+) -> dict[str, float]:
+    """Median milliseconds per inference of each model, compiled as given, on the calibration feeds.
+
+    Every candidate sees the same feed in the same round (each cycles through `feeds` from the start). The state
+    of stateful decoders is reset before each inference, so every call is a prefill of the same length."""
+    core = ov.Core()
+    calls = {}
+    for name, model in models.items():
+        request = core.compile_model(model, device, ov_config).create_infer_request()
+        calls[name] = _inference(request, itertools.cycle(feeds))
+    times = round_robin_ms(calls, TIMING_ROUNDS, TIMING_WARMUP)
+    return {name: statistics.median(ms) for name, ms in times.items()}
+
+
+def _inference(request: ov.InferRequest, feeds):
+    def call():
+        request.reset_state()
+        request.infer(next(feeds), share_inputs=True, share_outputs=True)
+
+    return call
+
+
+def choose_by_measurement(
+    models: Mapping[str, ov.Model], feeds: Sequence[dict], sizes: Mapping[str, int], load_kwargs: Mapping,
+    isa: Sequence[str],
+) -> dict:
+    """Time the candidates as they will be loaded and pick one: the recipe's `details["precision"]`."""
+    device, ov_config = compile_settings(load_kwargs)
+    ms = time_candidates(models, feeds, device, ov_config)
+    chosen, why = pick_fastest(ms, sizes)
+    return {
+        "requested": "auto",
+        "chosen": chosen,
+        "reason": why,
+        "measured_ms": {name: round(value, 3) for name, value in ms.items()},
+        "size_bytes": dict(sizes),
+        "isa": list(isa),
+        "timing": {
+            "device": device,
+            "ov_config": {key: str(value) for key, value in ov_config.items()},
+            "input_shape": list(feeds[0]["input_ids"].shape),
+            "warmup": TIMING_WARMUP,
+            "rounds": TIMING_ROUNDS,
+            "statistic": "median",
+            "tie_margin": TIE_MARGIN,
+        },
+    }
+
+
+def pick_fastest(ms: Mapping[str, float], sizes: Mapping[str, int]) -> tuple[str, str]:
+    """(precision, why): the fastest median; within TIE_MARGIN of it, the smallest file."""
+    fastest = min(ms, key=ms.get)
+    tied = [name for name in ms if ms[name] <= ms[fastest] * (1 + TIE_MARGIN)]
+    chosen = min(tied, key=lambda name: (sizes[name], CANDIDATES.index(name)))
+    measured = ", ".join(f"{name} {ms[name]:.2f} ms" for name in sorted(ms, key=ms.get))
+    if chosen == fastest:
+        why = f"measured fastest here ({measured}; median of {TIMING_ROUNDS} round-robin inferences)"
+    else:
+        why = (f"within {100 * TIE_MARGIN:.0f}% of the fastest ({fastest}) and the smallest file among those "
+               f"({measured}; median of {TIMING_ROUNDS} round-robin inferences)")
+    if chosen == "fp32":
+        why += f": no INT8 form came within {100 * TIE_MARGIN:.0f}% of it, so the FP32 IR is stored"
+    return chosen, why
