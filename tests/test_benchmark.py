@@ -124,6 +124,13 @@ def test_merge_rounds_takes_medians_per_shape():
     assert row["throughput_per_s"] == pytest.approx(2e3 / 12.0)
 
 
+def test_alternating_rounds_reverse_every_other_pass():
+    from optimum.quantization.evaluation.benchmark import alternating_rounds
+
+    assert alternating_rounds(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert alternating_rounds(["a"], 2) == ["a", "a"] and alternating_rounds(["a", "b"], 0) == []
+
+
 def test_run_benchmark_rounds_measure_each_variant_again(tiny_dir):
     config = BenchmarkConfig(**{**QUICK, "batch_sizes": (1,), "sequence_lengths": (8,), "rounds": 2})
     result = run_benchmark(str(tiny_dir("text-classification")), variants=["ort-fp32", "ort-int8-dynamic"], config=config)

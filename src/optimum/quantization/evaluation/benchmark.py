@@ -89,6 +89,13 @@ def time_calls(call: Callable[[], object], config: BenchmarkConfig) -> list[floa
     return sorted(times)
 
 
+def alternating_rounds(items: Sequence, rounds: int) -> list:
+    """`rounds` passes over `items`, every other one reversed: a load change on a shared machine falls on every
+    item alike instead of on whichever happens to run last."""
+    items = list(items)
+    return [item for r in range(rounds) for item in (items if r % 2 == 0 else items[::-1])]
+
+
 def latency_sweep(model, vocab_size: int, input_names: Sequence[str], config: BenchmarkConfig, progress=None) -> list[dict]:
     """Latency percentiles and throughput for every batch size x sequence length of `config`."""
     import torch
