@@ -77,6 +77,7 @@ def test_search_keeps_the_sensitive_layer_in_fp32_and_meets_the_tolerance(sensit
     chosen = report["chosen"]
     assert chosen["fallback"] == [SENSITIVE]
     assert chosen["metric"] >= report["fp32"]["metric"] - TOLERANCE
+    assert report["remeasure"]["skipped"] == "no other trial was accepted"  # nothing to time side by side
     # The plain dynamic candidate really missed it, and sensitivity ranked the planted layer first by far.
     dynamic = next(t for t in report["trials"] if t["name"] == "dynamic")
     assert dynamic["status"] == "rejected" and dynamic["metric"] < report["fp32"]["metric"] - 10

@@ -33,7 +33,7 @@ SEARCH_TIMING = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(128,), warmu
 # After the accuracy phase the finalists are timed again, side by side: trials timed minutes apart on a shared
 # machine are not comparable. Finalists: accepted trials whose in-search latency is within REMEASURE_MARGIN of
 # the fastest accepted one, or that are expected at least as fast as the in-search choice (a timing that says
-# otherwise is the suspect), at most REMEASURE_MAX_FINALISTS, fewest expected milliseconds first. FP32 is timed
+# otherwise is the suspect), at most REMEASURE_MAX_FINALISTS, in expected speed order (then trial order). FP32 is timed
 # in the same rounds, for the speed-up. Each round times every model once, every other round in reverse order;
 # a model's re-measured latency is the median of its rounds.
 REMEASURE_MARGIN = 0.25
@@ -277,14 +277,14 @@ class Search:
         """The accepted trials worth timing again side by side (see REMEASURE_MARGIN), in expected speed order."""
         if self.best is None:
             return []
-        accepted: dict[str, Trial] = {}
+        by_key: dict[str, Trial] = {}
         for trial in self.trials:
             if trial.status == "accepted" and trial.latency_ms:
-                accepted.setdefault(trial.key, trial)
-        accepted = list(accepted.values())
-        fastest = min(t.latency_ms for t in accepted)
-        close = [t for t in accepted if t.latency_ms <= fastest * (1 + REMEASURE_MARGIN) or t.speed_rank <= self.best.speed_rank]
-        close.sort(key=lambda t: (t.speed_rank, len(t.fallback), t.latency_ms))
+                by_key.setdefault(trial.key, trial)
+        fastest = min(t.latency_ms for t in by_key.values())
+        close = [t for t in by_key.values()
+                 if t.latency_ms <= fastest * (1 + REMEASURE_MARGIN) or t.speed_rank <= self.best.speed_rank]
+        close.sort(key=lambda t: (t.speed_rank, len(t.fallback)))  # stable: trial order next, not the suspect timings
         chosen = close[:REMEASURE_MAX_FINALISTS]
         if not any(t is self.best for t in chosen):  # the in-search choice is always re-measured
             chosen[-1] = self.best
@@ -296,7 +296,11 @@ class Search:
         settings = {"margin": REMEASURE_MARGIN, "rounds": REMEASURE_ROUNDS, "in_search_choice": self.best and self.best.name}
         budget = self.config.time_budget_s
         if len(finalists) < 2:
-            self.remeasure = {**settings, "skipped": "fewer than two accepted trials are close enough to compare"}
+            others = [t for t in self.trials if t.status == "accepted" and t is not self.best and t.latency_ms]
+            why = (f"the other accepted trials ({', '.join(f'{t.name} {t.latency_ms:.2f} ms' for t in others)}) were over "
+                   f"{100 * REMEASURE_MARGIN:.0f}% slower in search and are expected slower" if others
+                   else "no other trial was accepted")
+            self.remeasure = {**settings, "skipped": why}
             return
         if budget is not None and time.monotonic() - self.started > budget:
             self.remeasure = {**settings, "skipped": f"time budget of {budget:g} s spent"}
@@ -314,8 +318,8 @@ class Search:
             if better:
                 winner, why = trial, reason
         others = ", ".join(f"{t.name} {latency[t.key]:.2f} ms" for t in finalists if t is not winner)
-        reason = (f"re-measured with {others} in {REMEASURE_ROUNDS} interleaved rounds: {latency[winner.key]:.2f} ms, "
-                  f"{why}")
+        reason = (f"re-measured side by side in {REMEASURE_ROUNDS} interleaved rounds: {latency[winner.key]:.2f} ms vs "
+                  f"{others}; {why}")
         changed = winner is not self.best
         if changed:
             self.work.save_best(models[winner.key], winner)
