@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -31,7 +33,7 @@ import numpy as np
 
 from optimum.quantization import AutoQuantConfig, QuantModelForQuestionAnswering, QuantModelForSequenceClassification
 from optimum.quantization.evaluation import metrics
-from optimum.quantization.evaluation.benchmark import BenchmarkConfig, synthetic_inputs, time_calls
+from optimum.quantization.evaluation.benchmark import BenchmarkConfig, alternating_rounds, synthetic_inputs, time_calls
 from optimum.quantization.hardware import cpu_info
 from optimum.quantization.recipe import library_versions
 from optimum.quantization.search_report import search_report_markdown
@@ -43,6 +45,12 @@ TASKS = {
     "squad": ("question-answering", QuantModelForQuestionAnswering, "f1"),
 }
 OURS = ("fp32", "auto", "dynamic", "static")
+# NNCF accuracy control, bounded so that it ends (it ran > 10 min on SST-2 unbounded): at most this many groups
+# reverted to FP32 (as many as our search's default max_fallback_units), ranked on a subset, one ranking worker
+# (2 shared cores), no hyper-parameter tuning; the validation function returns per-item values with its metric, so
+# NNCF ranks on them without one more call per item.
+NNCF_MAX_ITERATIONS = 8
+NNCF_RANKING_SUBSET = {"text-classification": 100, "question-answering": 100}
 
 
 def work_root(benchmark: str, suffix: str = "") -> Path:
@@ -64,6 +72,11 @@ def load_data(benchmark: str, limit: int | None):
     pairs = [(e["question"], e["context"]) for e in finetune.load_squad_examples("train")]
     random.Random(0).shuffle(pairs)
     return finetune.squad_qa_model(), {"examples": examples[:limit]}, {"examples": examples}, pairs[:128]
+
+
+def describe(benchmark: str, subset: dict) -> str:
+    size = len(subset.get("texts") or subset.get("examples"))
+    return f"{'SST-2 dev' if benchmark == 'sst2' else 'SQuAD held-out'}, first {size}"
 
 
 def score(task: str, model, tokenizer, data: dict, name: str) -> float:
@@ -108,31 +121,40 @@ def nncf_accuracy_control(task: str, checkpoint: Path, tokenizer, subset: dict, 
     if task == "text-classification":
         items = [(_ov_inputs(tokenizer, t, input_names)[0], label) for t, label in zip(subset["texts"], subset["labels"])]
 
-        def validate(compiled, data) -> float:
+        def validate(compiled, data) -> tuple[float, list[float]]:  # per-item values: NNCF needs no per-item calls
             output = compiled.outputs[0]
-            correct = [int(np.argmax(compiled(inputs)[output])) == label for inputs, label in data]
-            return 100.0 * float(np.mean(correct))
+            correct = [100.0 * (int(np.argmax(compiled(inputs)[output])) == label) for inputs, label in data]
+            return float(np.mean(correct)), correct
     else:
         items = []
         for e in subset["examples"]:
             inputs, encoded = _ov_inputs(tokenizer, (e["question"], e["context"]), input_names, max_length=384)
             items.append((inputs, encoded, e))
 
-        def validate(compiled, data) -> float:
+        def validate(compiled, data) -> tuple[float, list[float]]:
             answers, gold = [], []
             for inputs, encoded, e in data:
                 result = compiled(inputs)
                 answers.append(_first_window_answer(result[compiled.outputs[0]][0], result[compiled.outputs[1]][0], encoded, e["context"]))
                 gold.append(e["answers"])
-            return metrics.squad_metrics(answers, gold)[metric]
+            per_item = [metrics.squad_metrics([a], [g])[metric] for a, g in zip(answers, gold)]
+            return metrics.squad_metrics(answers, gold)[metric], per_item
 
+    log = _NncfLog()
+    logging.getLogger("nncf").addHandler(log)
     start = time.time()
-    quantized = nncf.quantize_with_accuracy_control(
-        fp32.model, nncf.Dataset(calibration_items), nncf.Dataset(items), validate,
-        max_drop=TOLERANCE, drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(calibration_items),
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=min(300, len(items))),
-    )
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            fp32.model, nncf.Dataset(calibration_items), nncf.Dataset(items), validate,
+            max_drop=TOLERANCE, drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration_items),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=NNCF_MAX_ITERATIONS, tune_hyperparams=False, num_ranking_workers=1,
+                ranking_subset_size=min(NNCF_RANKING_SUBSET[task], len(items)),
+            ),
+        )
+    finally:
+        logging.getLogger("nncf").removeHandler(log)
     seconds = time.time() - start
     if folder.exists():
         shutil.rmtree(folder)
@@ -140,7 +162,37 @@ def nncf_accuracy_control(task: str, checkpoint: Path, tokenizer, subset: dict, 
     ov.save_model(quantized, str(folder / "openvino_model.xml"))
     tokenizer.save_pretrained(folder)
     fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    return {"seconds": round(seconds, 1), "fake_quantize_ops": fake_quantize}
+    return {"seconds": round(seconds, 1), "fake_quantize_ops": fake_quantize, "max_num_iterations": NNCF_MAX_ITERATIONS, "ranking_subset_size": min(NNCF_RANKING_SUBSET[task], len(items)),
+            "validation_items": len(items), **log.summary()}
+
+
+class _NncfLog(logging.Handler):
+    """NNCF reports its accuracy-control steps only in its log: keep the lines that say what it reached."""
+
+    KEEP = ("Metric of", "Accuracy drop", "Reverted", "Algorithm completed", "could not achieve", "Maximum number",
+            "were reverted", "Total number of quantized")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().split("\n")[0].strip()
+        if any(key in message for key in self.KEEP):
+            self.lines.append(message)
+
+    def summary(self) -> dict:
+        reverted = [int(m.group(1)) for line in self.lines if (m := re.match(r"Reverted (\d+) operations", line))]
+        final = [m.groups() for line in self.lines if (m := re.match(r"(\d+) out of (\d+) were reverted", line))]
+        drops = [float(m.group(1)) for line in self.lines if (m := re.match(r"Accuracy drop: (-?[\d.]+)", line))]
+        initial_drop = drops[0] if drops else None
+        # The restorer says "Algorithm completed" when it reaches the drop; a fully quantized model that already
+        # meets it never reaches the restorer.
+        reached = any("Algorithm completed" in line for line in self.lines) or (
+            not reverted and initial_drop is not None and initial_drop <= TOLERANCE)
+        return {"reached_max_drop": reached, "initial_drop": initial_drop, "iterations": len(reverted),
+                "reverted_operations": int(final[-1][0]) if final else sum(reverted),
+                "quantized_operations": int(final[-1][1]) if final else None, "log": self.lines}
 
 
 def load_nncf(task: str, folder: Path, threads: int | None = None):
@@ -162,8 +214,7 @@ def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int
     checkpoint, subset, full, calibration = load_data(benchmark, limit)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     root = work_root(benchmark, suffix)
-    size = len(subset.get("texts") or subset.get("examples"))
-    described = f"{'SST-2 dev' if benchmark == 'sst2' else 'SQuAD held-out'}, first {size}"
+    described = describe(benchmark, subset)
     config = AutoQuantConfig(metric=metric, tolerance=TOLERANCE, eval_dataset=subset, eval_dataset_description=described,
                              work_dir=str(root / "search"), max_trials=max_trials, time_budget_s=time_budget)
     start = time.time()
@@ -179,19 +230,45 @@ def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int
     if not skip_nncf:
         nncf_record = nncf_accuracy_control(task, checkpoint, tokenizer, subset, calibration, metric, root / "nncf")
         models["nncf"] = load_nncf(task, root / "nncf")
+    rows = score_rows(task, models, tokenizer, subset, full, metric, root)
+    return {"benchmark": benchmark, "task": task, "metric": metric, "tolerance": TOLERANCE, "search_subset": described,
+            "full_set": f"{len(full.get('texts') or full.get('examples'))} examples", "search_seconds": round(search_seconds, 1),
+            "nncf": nncf_record, "rows": rows, "search_report": report, "cpu": cpu_info().to_dict(),
+            "versions": library_versions((*library_versions().keys(), "openvino", "nncf", "optimum-intel"))}
+
+
+def score_rows(task: str, models: dict, tokenizer, subset: dict, full: dict, metric: str, root: Path) -> list[dict]:
+    """Each model on the search subset and the full held-out set (scored once when they are the same set)."""
+    same = subset == full
     rows = []
     for name, model in models.items():
-        rows.append({"name": name, "search_subset": score(task, model, tokenizer, subset, metric),
-                     "full": score(task, model, tokenizer, full, metric), "folder": str(root / name)})
+        on_subset = score(task, model, tokenizer, subset, metric)
+        rows.append({"name": name, "search_subset": on_subset,
+                     "full": on_subset if same else score(task, model, tokenizer, full, metric), "folder": str(root / name)})
         print(rows[-1], flush=True)
     fp32 = next(r for r in rows if r["name"] == "fp32")
     for row in rows:
         row["delta_subset"] = row["search_subset"] - fp32["search_subset"]
         row["delta_full"] = row["full"] - fp32["full"]
         row["within_tolerance_subset"] = row["delta_subset"] >= -TOLERANCE - 1e-9
+    return rows
+
+
+def nncf_only(benchmark: str, limit: int | None, suffix: str = "") -> dict:
+    """NNCF's accuracy control alone, against ORT FP32 on the same data (the search's results stay as they are)."""
+    from transformers import AutoTokenizer
+
+    task, cls, metric = TASKS[benchmark]
+    checkpoint, subset, full, calibration = load_data(benchmark, limit)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    root = work_root(benchmark, suffix)
+    described = describe(benchmark, subset)
+    record = nncf_accuracy_control(task, checkpoint, tokenizer, subset, calibration, metric, root / "nncf")
+    models = {"fp32": cls.from_pretrained(str(checkpoint), quantize=None), "nncf": load_nncf(task, root / "nncf")}
+    rows = score_rows(task, models, tokenizer, subset, full, metric, root)
     return {"benchmark": benchmark, "task": task, "metric": metric, "tolerance": TOLERANCE, "search_subset": described,
-            "full_set": f"{len(full.get('texts') or full.get('examples'))} examples", "search_seconds": round(search_seconds, 1),
-            "nncf": nncf_record, "rows": rows, "search_report": report, "cpu": cpu_info().to_dict(),
+            "full_set": f"{len(full.get('texts') or full.get('examples'))} examples", "nncf": record, "rows": rows,
+            "cpu": cpu_info().to_dict(),
             "versions": library_versions((*library_versions().keys(), "openvino", "nncf", "optimum-intel"))}
 
 
@@ -213,9 +290,8 @@ def speed(benchmark: str, threads: int, rounds: int, suffix: str = "") -> dict:
     timing = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(128,), warmup=10, repeats=200, max_seconds_per_shape=20)
     samples = {name: [] for name in models}
     with torch.no_grad():
-        for round_index in range(rounds):  # round-robin, reversed every other round: load drift falls on all alike
-            for name in (list(models) if round_index % 2 == 0 else list(models)[::-1]):
-                samples[name].append(statistics.median(time_calls(lambda: models[name](**inputs), timing)))
+        for name in alternating_rounds(list(models), rounds):  # round-robin: load drift falls on all alike
+            samples[name].append(statistics.median(time_calls(lambda: models[name](**inputs), timing)))
     p50 = {name: statistics.median(values) for name, values in samples.items()}
     import os
 
@@ -224,19 +300,33 @@ def speed(benchmark: str, threads: int, rounds: int, suffix: str = "") -> dict:
             "load_average_1m": os.getloadavg()[0], "versions": library_versions()}
 
 
+def nncf_markdown(record: dict) -> str:
+    if "iterations" not in record:  # written before the bounded run recorded its steps
+        return f"NNCF accuracy control: {record['seconds']} s, {record['fake_quantize_ops']} FakeQuantize ops."
+    verdict = "reached the 0.3 drop" if record["reached_max_drop"] else "did not reach the 0.3 drop"
+    of = f" of {record['quantized_operations']}" if record.get("quantized_operations") else ""
+    lines = [f"NNCF accuracy control ({verdict}; fully quantized drop {record['initial_drop']}): {record['seconds']} s, "
+             f"{record['iterations']} revert step(s), {record['reverted_operations']}{of} quantized operation(s) reverted to "
+             f"FP32, {record['fake_quantize_ops']} FakeQuantize ops left; bounded to {record['max_num_iterations']} steps, "
+             f"ranking on {record['ranking_subset_size']} of {record['validation_items']} validation items. Its log:", ""]
+    return "\n".join(lines + [f"    {line}" for line in record["log"]])
+
+
 def markdown(result: dict) -> str:
     cpu = result["cpu"]
     lines = [f"Machine: {cpu['model']} ({', '.join(cpu['isa'])}; VNNI: {cpu['has_vnni']}), {cpu['cores']} cores.", ""]
     if "rows" in result:
+        searched = f" ({result['search_seconds']} s)" if "search_seconds" in result else ""
         lines += [f"Task: {result['task']}, metric {result['metric']}, tolerance {result['tolerance']} points. "
-                  f"Search on {result['search_subset']} ({result['search_seconds']} s); full set: {result['full_set']}.", "",
+                  f"Search on {result['search_subset']}{searched}; full set: {result['full_set']}.", "",
                   "| model | on the search subset | Δ | within 0.3 | on the full set | Δ |", "|---|---|---|---|---|---|"]
         for r in result["rows"]:
             lines.append(f"| {r['name']} | {r['search_subset']:.2f} | {r['delta_subset']:+.2f} | "
                          f"{'yes' if r['within_tolerance_subset'] else 'no'} | {r['full']:.2f} | {r['delta_full']:+.2f} |")
         if result.get("nncf"):
-            lines += ["", f"NNCF accuracy control: {result['nncf']['seconds']} s, {result['nncf']['fake_quantize_ops']} FakeQuantize ops."]
-        lines += ["", "## The search", "", search_report_markdown(result["search_report"])]
+            lines += ["", nncf_markdown(result["nncf"])]
+        if "search_report" in result:
+            lines += ["", "## The search", "", search_report_markdown(result["search_report"])]
     else:
         lines += [f"p50 latency, batch 1 x 128, {result['threads']} threads, median of {result['rounds']} round-robin rounds "
                   f"(load average {result['load_average_1m']:.2f}).", "", "| model | p50 ms | speed-up vs ORT FP32 |", "|---|---|---|"]
@@ -250,6 +340,8 @@ def main() -> int:
     parser.add_argument("benchmark", choices=sorted(TASKS))
     parser.add_argument("--eval-limit", type=int, help="Search on the first N examples (default: SST-2 all, SQuAD 200).")
     parser.add_argument("--skip-nncf", action="store_true")
+    parser.add_argument("--nncf-only", action="store_true",
+                        help="Run NNCF's accuracy control alone and score it against FP32 (auto_search_<benchmark>_nncf).")
     parser.add_argument("--max-trials", type=int, default=40)
     parser.add_argument("--time-budget", type=float)
     parser.add_argument("--speed", action="store_true", help="Time the models built by an earlier accuracy run.")
@@ -257,10 +349,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--suffix", default="", help="Appended to the result and work folder names (e.g. _quick).")
     args = parser.parse_args()
-    if args.speed:
+    limit = args.eval_limit if args.eval_limit is not None else (None if args.benchmark == "sst2" else 200)
+    if args.nncf_only:
+        result = nncf_only(args.benchmark, limit, args.suffix)
+        name = f"auto_search_{args.benchmark}_nncf"
+    elif args.speed:
         result, name = speed(args.benchmark, args.threads, args.rounds, args.suffix), f"auto_search_{args.benchmark}_speed"
     else:
-        limit = args.eval_limit if args.eval_limit is not None else (None if args.benchmark == "sst2" else 200)
         result = accuracy(args.benchmark, limit, args.skip_nncf, args.max_trials, args.time_budget, args.suffix)
         name = f"auto_search_{args.benchmark}"
     name += args.suffix

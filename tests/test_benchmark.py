@@ -41,12 +41,12 @@ def test_percentile_is_nearest_rank():
     assert percentile([3.0], 99) == 3.0
 
 
-def test_round_robin_warms_up_then_takes_turns_in_rotating_order():
+def test_round_robin_warms_up_then_takes_turns_in_alternating_order():
     order: list[str] = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
     times = round_robin_ms(calls, rounds=4, warmup=2)
     assert order[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
-    assert order[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]  # nobody always goes first
+    assert order[6:] == ["a", "b", "c", "c", "b", "a", "a", "b", "c", "c", "b", "a"]  # nobody always goes last
     assert {name: len(ms) for name, ms in times.items()} == {"a": 4, "b": 4, "c": 4}
     assert all(ms >= 0 for values in times.values() for ms in values)
     assert round_robin_ms({}, rounds=3) == {}
@@ -136,6 +136,13 @@ def test_merge_rounds_takes_medians_per_shape():
     row = merged["latency"][0]
     assert (row["p50_ms"], row["p99_ms"], row["calls"]) == (12.0, 14.0, 15)
     assert row["throughput_per_s"] == pytest.approx(2e3 / 12.0)
+
+
+def test_alternating_rounds_reverse_every_other_pass():
+    from optimum.quantization.evaluation.benchmark import alternating_rounds
+
+    assert alternating_rounds(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert alternating_rounds(["a"], 2) == ["a", "a"] and alternating_rounds(["a", "b"], 0) == []
 
 
 def test_run_benchmark_rounds_measure_each_variant_again(tiny_dir):

@@ -26,11 +26,22 @@ def search_report_markdown(report: dict[str, Any]) -> str:
         f"- Metric: {metric} on {report.get('eval_dataset') or 'the evaluation data'}; FP32 {_number(fp32.get('metric'))}, "
         f"tolerance {report.get('tolerance')} (accept ≥ {_number(report.get('threshold'))}).",
         f"- Latency: p50 at batch {report.get('latency_shape', ['?', '?'])[0]} × sequence "
-        f"{report.get('latency_shape', ['?', '?'])[1]}, measured in the search process; differences under "
+        f"{report.get('latency_shape', ['?', '?'])[1]}, measured in the search process as each trial ends; differences under "
         f"{100 * report.get('latency_noise', 0):.0f}% count as noise and the expected speed order decides.",
         f"- {len(report.get('trials', []))} trials in {_number(report.get('elapsed_s'), 0)} s"
         + (f"; stopped early: {report['stopped']}." if report.get("stopped") else "."),
     ]
+    remeasure = report.get("remeasure") or {}
+    if remeasure.get("finalists"):
+        times = ", ".join(f"{f['name']} {f['latency_ms_remeasured']:.2f} ms (in search {_number(f['latency_ms_search'])})"
+                          for f in remeasure["finalists"])
+        verdict = (f"it overturned the in-search choice {remeasure['in_search_choice']}" if remeasure.get("changed_choice")
+                   else "it confirmed the in-search choice")
+        lines.append(f"- Re-measured side by side ({remeasure['rounds']} interleaved rounds, median; accepted trials within "
+                     f"{100 * remeasure['margin']:.0f}% of the fastest or expected at least as fast as the choice): {times}; "
+                     f"FP32 {remeasure['fp32_ms']:.2f} ms; {verdict}.")
+    elif remeasure.get("skipped"):
+        lines.append(f"- No side-by-side re-measure: {remeasure['skipped']}.")
     chosen = report.get("chosen")
     if chosen and chosen.get("fallback"):
         lines.append(f"- Kept in FP32 by the search: {', '.join(f'`{u}`' for u in chosen['fallback'])}.")
@@ -39,8 +50,9 @@ def search_report_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Most sensitive units of `{report.get('sensitivity_of')}` (metric gain when kept FP32 alone): {ranked}.")
     lines += [
         "",
-        f"| # | trial | phase | backend | FP32 fallback | {metric} | Δ vs FP32 | p50 ms | speed-up | size MB | decision |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| # | trial | phase | backend | FP32 fallback | {metric} | Δ vs FP32 | p50 ms | speed-up | re-measured ms | size MB | "
+        "decision |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for number, trial in enumerate(report.get("trials", []), 1):
         delta = None if trial.get("metric") is None or fp32.get("metric") is None else trial["metric"] - fp32["metric"]
@@ -53,6 +65,7 @@ def search_report_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {number} | {name} | {trial.get('phase', '')} | {trial.get('backend', '')} | {fallback} | "
             f"{_number(trial.get('metric'))} | {'–' if delta is None else f'{delta:+.2f}'} | {_number(trial.get('latency_ms'))} | "
-            f"{'–' if speedup is None else f'{speedup:.2f}x'} | {_number(size, 1)} | {_decision(trial)} |"
+            f"{'–' if speedup is None else f'{speedup:.2f}x'} | {_number(trial.get('remeasured_ms'))} | {_number(size, 1)} | "
+            f"{_decision(trial)} |"
         )
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from typing import Sequence
 from .errors import ConfigError, QuantizationError
 from .evaluation.benchmark import (
     BenchmarkConfig,
+    alternating_rounds,
     latency_sweep,
     peak_rss_bytes,
     set_threads,
@@ -208,13 +209,12 @@ def stored_precision(folder: Path) -> dict:
 def measure_round_robin(specs, built: dict, rounds: int, merge, measure) -> list[dict]:
     """One report row per variant: `measure(folder)` in `rounds` round-robin passes, merged by `merge`.
 
-    Every other round goes in reversed order, so a load change on a shared machine falls on every variant
-    alike instead of on whichever happened to run last. A variant that failed to build or to measure keeps
+    Every other round goes in reversed order (`alternating_rounds`). A variant that failed to build or to measure keeps
     its error message.
     """
     errors = {name: folder for name, folder in built.items() if isinstance(folder, str)}
     measurements: dict[str, list[dict]] = {spec.name: [] for spec in specs}
-    schedule = [spec for r in range(rounds) for spec in (specs if r % 2 == 0 else specs[::-1])]
+    schedule = alternating_rounds(specs, rounds)
     for spec in _progress(schedule, "measuring variants"):
         if spec.name in errors:  # failed to build, or in an earlier round
             continue

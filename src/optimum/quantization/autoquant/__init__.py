@@ -8,6 +8,9 @@ and `optimum-quantize auto` run `quantize_auto`:
    timed; accepted when its metric is at least FP32 minus `tolerance`.
 3. The best accepted candidate is the fastest measured; latencies closer than `latency_noise` count as equal,
    and the expected speed order (then fewer FP32 units) decides, since a shared machine's timings are noisy.
+   After the accuracy phase the finalists (accepted trials close to the fastest, search.REMEASURE_MARGIN) are
+   timed again side by side with FP32 in a few interleaved rounds, and the same rule on those latencies picks
+   the model: trials timed minutes apart are not comparable.
 4. When the fastest candidate that could beat it missed the tolerance, its quantized units (the `exclude`
    patterns its backend reports in `quantized_units`, names that really take effect) are ranked by sensitivity,
    the metric regained when that unit alone stays FP32, and the most sensitive are kept FP32 one at a time

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Any
 
 from transformers import set_seed
 
-from ..configuration import AutoQuantConfig
+from ..configuration import AutoQuantConfig, config_from_dict
 from ..errors import QuantizationError
-from ..evaluation.benchmark import BenchmarkConfig, synthetic_inputs, time_calls
+from ..evaluation.benchmark import BenchmarkConfig, alternating_rounds, synthetic_inputs, time_calls
 from ..hardware import cpu_info
 from ..modeling import load_or_quantize
 from ..recipe import library_versions
@@ -29,6 +30,15 @@ REPORT_NAME = "auto_report"
 # Timing inside the search: short, on one synthetic shape. The final comparison belongs on a quiet machine.
 SEARCH_TIMING = BenchmarkConfig(batch_sizes=(1,), sequence_lengths=(128,), warmup=3, repeats=15,
                                 max_seconds_per_shape=3.0, min_repeats=5)
+# After the accuracy phase the finalists are timed again, side by side: trials timed minutes apart on a shared
+# machine are not comparable. Finalists: accepted trials whose in-search latency is within REMEASURE_MARGIN of
+# the fastest accepted one, or that are expected at least as fast as the in-search choice (a timing that says
+# otherwise is the suspect), at most REMEASURE_MAX_FINALISTS, in expected speed order (then trial order). FP32 is timed
+# in the same rounds, for the speed-up. Each round times every model once, every other round in reverse order;
+# a model's re-measured latency is the median of its rounds.
+REMEASURE_MARGIN = 0.25
+REMEASURE_ROUNDS = 3
+REMEASURE_MAX_FINALISTS = 4
 
 
 class BudgetSpent(Exception):
@@ -49,6 +59,7 @@ class Search:
         self.fp32_model = None
         self.sensitivity: list[dict] = []
         self.sensitivity_of: str | None = None
+        self.remeasure: dict[str, Any] = {}
         self.started = time.monotonic()
         self._temporary = None
         if config.work_dir is None:  # not resumable, but the best model still lives in a folder while searching
@@ -95,14 +106,17 @@ class Search:
             change = f"{drop:.2f} below FP32" if drop > 0 else f"{-drop:.2f} above FP32"
             trial.reason = f"{change}, {'within' if within else 'beyond'} the tolerance {self.config.tolerance:g}"
 
-    def preferred(self, a: Trial, b: Trial | None) -> tuple[bool, str]:
-        """Is `a` a better choice than `b` (both accepted)? Measured speed, unless within noise; then expected order."""
+    def preferred(self, a: Trial, b: Trial | None, latency: dict[str, float] | None = None) -> tuple[bool, str]:
+        """Is `a` a better choice than `b` (both accepted)? Measured speed, unless within noise; then expected order.
+
+        `latency` (trial key -> ms) replaces the in-search latencies, e.g. by the re-measured ones."""
         if b is None:
             return True, "the first trial within tolerance"
         noise = self.config.latency_noise
-        if a.latency_ms < b.latency_ms * (1 - noise):
-            return True, f"measured faster than {b.name} ({a.latency_ms:.2f} vs {b.latency_ms:.2f} ms)"
-        if b.latency_ms < a.latency_ms * (1 - noise):
+        a_ms, b_ms = (a.latency_ms, b.latency_ms) if latency is None else (latency[a.key], latency[b.key])
+        if a_ms < b_ms * (1 - noise):
+            return True, f"measured faster than {b.name} ({a_ms:.2f} vs {b_ms:.2f} ms)"
+        if b_ms < a_ms * (1 - noise):
             return False, ""
         if (a.speed_rank, len(a.fallback)) < (b.speed_rank, len(b.fallback)):
             return True, (f"within {100 * noise:.0f}% latency noise of {b.name}; faster in the expected speed order "
@@ -124,8 +138,6 @@ class Search:
         )
 
     def _latency_ms(self, model) -> float:
-        import statistics
-
         import torch
 
         inputs = self._latency_inputs
@@ -218,6 +230,7 @@ class Search:
             except BudgetSpent as err:
                 stopped = str(err)
                 logger.warning("auto-quantization stopped: %s.", stopped)
+            self._remeasure_finalists()
         finally:
             if self._progress is not None:
                 self._progress.close()
@@ -258,6 +271,73 @@ class Search:
             if trial.status == "accepted":
                 return
 
+    # ------------------------------------------------------------------ re-measure
+
+    def finalists(self) -> list[Trial]:
+        """The accepted trials worth timing again side by side (see REMEASURE_MARGIN), in expected speed order."""
+        if self.best is None:
+            return []
+        by_key: dict[str, Trial] = {}
+        for trial in self.trials:
+            if trial.status == "accepted" and trial.latency_ms:
+                by_key.setdefault(trial.key, trial)
+        fastest = min(t.latency_ms for t in by_key.values())
+        close = [t for t in by_key.values()
+                 if t.latency_ms <= fastest * (1 + REMEASURE_MARGIN) or t.speed_rank <= self.best.speed_rank]
+        close.sort(key=lambda t: (t.speed_rank, len(t.fallback)))  # stable: trial order next, not the suspect timings
+        chosen = close[:REMEASURE_MAX_FINALISTS]
+        if not any(t is self.best for t in chosen):  # the in-search choice is always re-measured
+            chosen[-1] = self.best
+        return chosen
+
+    def _remeasure_finalists(self) -> None:
+        """Time the finalists and FP32 again in interleaved rounds; the fastest by those numbers becomes the choice."""
+        finalists = self.finalists()
+        settings = {"margin": REMEASURE_MARGIN, "rounds": REMEASURE_ROUNDS, "in_search_choice": self.best and self.best.name}
+        budget = self.config.time_budget_s
+        if len(finalists) < 2:
+            others = [t for t in self.trials if t.status == "accepted" and t is not self.best and t.latency_ms]
+            why = (f"the other accepted trials ({', '.join(f'{t.name} {t.latency_ms:.2f} ms' for t in others)}) were over "
+                   f"{100 * REMEASURE_MARGIN:.0f}% slower in search and are expected slower" if others
+                   else "no other trial was accepted")
+            self.remeasure = {**settings, "skipped": why}
+            return
+        if budget is not None and time.monotonic() - self.started > budget:
+            self.remeasure = {**settings, "skipped": f"time budget of {budget:g} s spent"}
+            return
+        models = {t.key: self._finalist_model(t) for t in [self.fp32, *finalists]}
+        samples: dict[str, list[float]] = {key: [] for key in models}
+        for key in alternating_rounds(list(models), REMEASURE_ROUNDS):
+            samples[key].append(self._latency_ms(models[key]))
+        latency = {key: statistics.median(values) for key, values in samples.items()}
+        for trial in [self.fp32, *finalists]:
+            trial.remeasured_ms = latency[trial.key]
+        winner, why = finalists[0], "first in the expected speed order, no other finalist measurably faster"
+        for trial in finalists[1:]:
+            better, reason = self.preferred(trial, winner, latency)
+            if better:
+                winner, why = trial, reason
+        others = ", ".join(f"{t.name} {latency[t.key]:.2f} ms" for t in finalists if t is not winner)
+        reason = (f"re-measured side by side in {REMEASURE_ROUNDS} interleaved rounds: {latency[winner.key]:.2f} ms vs "
+                  f"{others}; {why}")
+        changed = winner is not self.best
+        if changed:
+            self.work.save_best(models[winner.key], winner)
+        self.best, self.best_reason = winner, reason
+        self.remeasure = {**settings, "changed_choice": changed, "winner": winner.name, "reason": reason,
+                          "fp32_ms": latency[self.fp32.key], "samples_ms": {t.name: samples[t.key] for t in finalists},
+                          "finalists": [{"name": t.name, "key": t.key, "latency_ms_search": t.latency_ms,
+                                         "latency_ms_remeasured": latency[t.key]} for t in finalists]}
+        logger.info("auto-quantization: %s", reason)
+
+    def _finalist_model(self, trial: Trial):
+        """The model of a logged or measured trial: FP32 and best/ are at hand, the others are built again."""
+        if trial.phase == "baseline" and self.fp32_model is not None:
+            return self.fp32_model
+        if trial is self.best and self.work.best_key() == trial.key:
+            return load_or_quantize(self.task, str(self.work.best_dir), **self.load_kwargs)
+        return self._build(trial.backend, None if trial.config is None else config_from_dict(trial.config))
+
     # ------------------------------------------------------------------ outcome
 
     def explanation(self, stopped: str | None) -> str:
@@ -270,11 +350,13 @@ class Search:
             return (f"No quantized model stayed within {tolerance:g} of FP32's {self.metric_name} {fp32.metric:.2f} "
                     f"({detail}{'; ' + stopped if stopped else ''}): the FP32 model is returned.")
         best = self.best
-        speedup = fp32.latency_ms / best.latency_ms if best.latency_ms else float("nan")
+        if best.remeasured_ms and fp32.remeasured_ms:
+            speed = f"{fp32.remeasured_ms / best.remeasured_ms:.2f}x FP32 speed (re-measured side by side)"
+        else:
+            speed = f"{fp32.latency_ms / best.latency_ms if best.latency_ms else float('nan'):.2f}x FP32 speed"
         fallback = f" with {len(best.fallback)} unit(s) kept FP32" if best.fallback else ""
         return (f"Chose {best.name}{fallback}: {self.metric_name} {best.metric:.2f} vs FP32 {fp32.metric:.2f} "
-                f"({best.metric - fp32.metric:+.2f}, tolerance {tolerance:g}), {speedup:.2f}x FP32 speed; "
-                f"{self.best_reason}.")
+                f"({best.metric - fp32.metric:+.2f}, tolerance {tolerance:g}), {speed}; {self.best_reason}.")
 
     def report(self, skipped, stopped: str | None) -> dict:
         best = self.best
@@ -295,7 +377,9 @@ class Search:
             "threshold": self.threshold,
             "latency_shape": [self.config.latency_batch_size, self.config.latency_sequence_length],
             "latency_noise": self.config.latency_noise,
-            "fp32": {"metric": self.fp32.metric, "latency_ms": self.fp32.latency_ms, "size_bytes": self.fp32.size_bytes},
+            "fp32": {"metric": self.fp32.metric, "latency_ms": self.fp32.latency_ms, "size_bytes": self.fp32.size_bytes,
+                     "remeasured_ms": self.fp32.remeasured_ms},
+            "remeasure": self.remeasure,
             "chosen": None if best is None else best.to_report(),
             "sensitivity_of": self.sensitivity_of,
             "sensitivity": self.sensitivity,
@@ -336,6 +420,8 @@ class Search:
         }
         if chosen.get("latency_ms") and fp32.get("latency_ms"):
             metrics["speedup_vs_fp32_p50_search"] = round(fp32["latency_ms"] / chosen["latency_ms"], 3)
+        if chosen.get("remeasured_ms") and fp32.get("remeasured_ms"):
+            metrics["speedup_vs_fp32_p50_remeasured"] = round(fp32["remeasured_ms"] / chosen["remeasured_ms"], 3)
         return metrics
 
 

@@ -52,10 +52,11 @@ class Trial:
     int8_ops: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
-    # Set by the search, not logged: the decision and whether this run measured it or the log did.
+    # Set by the search, not logged: the decision, whether this run measured it or the log did, the re-measure.
     status: str = ""
     reason: str = ""
     cached: bool = False
+    remeasured_ms: float | None = None  # the finalists' latency timed side by side after the accuracy phase
 
     LOGGED = ("key", "name", "backend", "phase", "config", "speed_rank", "fallback", "metric", "latency_ms",
               "size_bytes", "units", "int8_ops", "seconds", "error")

@@ -89,12 +89,19 @@ def time_calls(call: Callable[[], object], config: BenchmarkConfig) -> list[floa
     return sorted(times)
 
 
+def alternating_rounds(items: Sequence, rounds: int) -> list:
+    """`rounds` passes over `items`, every other one reversed: a load change on a shared machine falls on every
+    item alike instead of on whichever happens to run last."""
+    items = list(items)
+    return [item for r in range(rounds) for item in (items if r % 2 == 0 else items[::-1])]
+
+
 _ONE_CALL = BenchmarkConfig(warmup=0, repeats=1, min_repeats=1)
 
 
 def round_robin_ms(calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
     """Milliseconds per call of several callables measured in turns, in one process: `warmup` untimed calls
-    each, then `rounds` rounds of one timed call each, the order rotated every round so none always goes first.
+    each, then `rounds` rounds of one timed call each, every other round in reverse order (`alternating_rounds`).
 
     Interleaving spreads a load change on the machine over every candidate instead of over one of them."""
     if rounds < 1 or warmup < 0:
@@ -106,10 +113,8 @@ def round_robin_ms(calls: Mapping[str, Callable[[], object]], rounds: int, warmu
         for _ in range(warmup):
             calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name] += time_calls(calls[name], _ONE_CALL)
+    for name in alternating_rounds(names, rounds):
+        times[name] += time_calls(calls[name], _ONE_CALL)
     return times
 
 
