@@ -305,7 +305,7 @@ def nncf_markdown(record: dict) -> str:
         return f"NNCF accuracy control: {record['seconds']} s, {record['fake_quantize_ops']} FakeQuantize ops."
     verdict = "reached the 0.3 drop" if record["reached_max_drop"] else "did not reach the 0.3 drop"
     of = f" of {record['quantized_operations']}" if record.get("quantized_operations") else ""
-    lines = [f"NNCF accuracy control ({verdict}; fully quantized drop {record['initial_drop']}): {record['seconds']} s, "
+    lines = [f"NNCF accuracy control ({verdict}; fully quantized drop {record['initial_drop']:.2f}): {record['seconds']} s, "
              f"{record['iterations']} revert step(s), {record['reverted_operations']}{of} quantized operation(s) reverted to "
              f"FP32, {record['fake_quantize_ops']} FakeQuantize ops left; bounded to {record['max_num_iterations']} steps, "
              f"ranking on {record['ranking_subset_size']} of {record['validation_items']} validation items. Its log:", ""]
