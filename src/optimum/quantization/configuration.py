@@ -272,8 +272,7 @@ class AutoQuantConfig:
     """
 
     VERSION: ClassVar[int] = 1
-    requires_calibration: ClassVar[bool] = False
-    reduce_range_choices: ClassVar[tuple] = (True, False, "auto")  # static candidates use calibration data when it is given
+    requires_calibration: ClassVar[bool] = False  # static candidates use calibration data when it is given
     _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("metric", "eval_dataset")  # a name-valued metric is kept
 
     metric: Any = None
