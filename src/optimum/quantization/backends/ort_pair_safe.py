@@ -27,27 +27,26 @@ QMAX = 127
 GEMM_WEIGHT_INPUTS = {"MatMulInteger": 1, "QAttention": 1}
 
 
+def same_sign_pair_sums(values: np.ndarray) -> np.ndarray:
+    """|v_k| + |v_k+1| for each adjacent row pair (k even) of a [K, N] array where both have the same sign, else 0;
+    an odd last row is paired with zero (as the kernel pads K). Shape [ceil(K / 2), N]."""
+    if values.shape[0] % 2:
+        values = np.concatenate([values, np.zeros((1, values.shape[1]), values.dtype)])
+    even, odd = values[0::2], values[1::2]
+    return np.where(np.sign(even) * np.sign(odd) > 0, np.abs(even) + np.abs(odd), 0)
+
+
 def worst_pair_sums(q: np.ndarray) -> np.ndarray:
     """Per output channel (column of a [K, N] weight): the largest magnitude the kernel's int16 pair sum can
-    reach over u8 inputs, in units of 255 (same-sign pairs add, opposite-sign pairs do not)."""
+    reach over u8 inputs, in units of 255 (same-sign pairs add; otherwise the larger weight alone counts)."""
     q = q.astype(np.int32)
-    if q.shape[0] % 2:
-        q = np.concatenate([q, np.zeros((1, q.shape[1]), np.int32)])
-    even, odd = q[0::2], q[1::2]
-    same_sign = np.sign(even) * np.sign(odd) > 0
-    pair = np.where(same_sign, np.abs(even) + np.abs(odd), np.maximum(np.abs(even), np.abs(odd)))
-    return pair.max(axis=0)
+    return np.maximum(same_sign_pair_sums(q).max(axis=0), np.abs(q).max(axis=0))
 
 
 def pair_safe_quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weight, per-column scale) for a float [K, N] weight, with no same-sign adjacent pair past PAIR_LIMIT."""
     weight = weight.astype(np.float32)
-    magnitude = np.abs(weight)
-    padded = magnitude if weight.shape[0] % 2 == 0 else np.concatenate([magnitude, np.zeros((1, weight.shape[1]), np.float32)])
-    signed = weight if weight.shape[0] % 2 == 0 else np.concatenate([weight, np.zeros((1, weight.shape[1]), np.float32)])
-    same_sign = signed[0::2] * signed[1::2] > 0
-    pair_sum = np.where(same_sign, padded[0::2] + padded[1::2], 0.0).max(axis=0)
-    scale = np.maximum(magnitude.max(axis=0) / QMAX, pair_sum / PAIR_LIMIT)
+    scale = np.maximum(np.abs(weight).max(axis=0) / QMAX, same_sign_pair_sums(weight).max(axis=0) / PAIR_LIMIT)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.clip(np.rint(weight / scale), -QMAX, QMAX).astype(np.int32)
     _fix_rounding_overflow(q)
@@ -56,11 +55,11 @@ def pair_safe_quantize(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _fix_rounding_overflow(q: np.ndarray) -> None:
     """Rounding two values up can push a pair sum to PAIR_LIMIT + 1: shave the larger magnitude by one."""
-    rows = q.shape[0] - q.shape[0] % 2
-    even, odd = q[0:rows:2], q[1:rows:2]
-    over = (np.sign(even) * np.sign(odd) > 0) & (np.abs(even) + np.abs(odd) > PAIR_LIMIT)
+    rows = q.shape[0] - q.shape[0] % 2  # an odd last row pairs with zero and cannot be over
+    over = same_sign_pair_sums(q[:rows]) > PAIR_LIMIT
     if not over.any():
         return
+    even, odd = q[0:rows:2], q[1:rows:2]  # views: the shaving below edits q
     shave_even = over & (np.abs(even) >= np.abs(odd))
     shave_odd = over & ~shave_even
     even -= np.sign(even) * shave_even
