@@ -123,8 +123,9 @@ class OpenVINOBackend(Backend):
         )
         cpu = cpu_info()
         requested = options.get("precision", "auto")
+        fixed = None
         if isinstance(config, StaticQuantConfig):  # a bad precision fails here, before the slow export
-            openvino_precision.fixed_precision(requested, accuracy is not None)
+            fixed = openvino_precision.fixed_precision(requested, accuracy is not None)
         elif "precision" in options:
             raise ConfigError("`precision` chooses between static INT8 and INT8 weights: it needs quantize='static'.")
 
@@ -136,7 +137,7 @@ class OpenVINOBackend(Backend):
         model_dir = export_dir
         if isinstance(config, StaticQuantConfig):
             model_dir, details["precision"], quantized, more = self._static(
-                ov.Core().read_model(str(xml)), export_dir, request, requested, accuracy, validation_examples,
+                ov.Core().read_model(str(xml)), export_dir, request, requested, fixed, accuracy, validation_examples,
                 load_kwargs, cpu.isa,
             )
         elif config is not None:
@@ -158,13 +159,13 @@ class OpenVINOBackend(Backend):
             model.quantization_preprocessors = [request.tokenizer]
         return model
 
-    def _static(self, model: ov.Model, export_dir: Path, request: QuantizationRequest, requested: str, accuracy,
-                validation_examples, load_kwargs: dict, isa):
-        """Build the precision asked for, or for "auto" every candidate, timed as it will be loaded; keep one.
+    def _static(self, model: ov.Model, export_dir: Path, request: QuantizationRequest, requested: str, fixed,
+                accuracy, validation_examples, load_kwargs: dict, isa):
+        """Build the precision asked for (`fixed`: fixed_precision's answer), or for "auto" every candidate, timed
+        as it will be loaded; keep one.
 
         Returns (folder of the kept IR, details["precision"], the kept ov.Model, the details of how it was built)."""
         config = request.config
-        fixed = openvino_precision.fixed_precision(requested, accuracy is not None)
         feeds = self._feeds(model, request.calibration_examples, request, config)
         validation = None if accuracy is None else self._feeds(model, validation_examples, request, config)
         names = openvino_precision.CANDIDATES if fixed is None else (fixed[0],)
