@@ -134,6 +134,51 @@ def test_fake_quant_is_the_symmetric_int8_grid():
     assert torch.equal(x.grad, ((x.detach() >= -128 * 2 / QMAX) & (x.detach() <= 2.0)).float())
 
 
+def test_learnable_fake_quant_gives_the_same_values_and_a_range_gradient():
+    from optimum.quantization.qat.fake_quant import learnable_fake_quant
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 64) * 3).requires_grad_()
+    amax = torch.tensor(2.5, requires_grad=True)
+    y = learnable_fake_quant(x, amax)
+    assert torch.equal(y.detach(), fake_quant(x.detach(), amax.detach()))
+    y.pow(2).sum().backward()
+    inside = (x.detach() >= -128 * 2.5 / QMAX) & (x.detach() <= 2.5)
+    assert torch.equal(x.grad == 0, ~inside | (y.detach() == 0))  # straight-through inside, zero outside
+    assert float(amax.grad) > 0  # a quarter of this tensor is clipped: widening the range lowers the clipping
+
+
+def test_learned_ranges_train_export_and_resume(tmp_path):
+    from optimum.quantization.qat.export import save_quantized
+
+    config = QATConfig(calibration_batches=2, learn_ranges=True)
+    trainer = trainer_for(tmp_path, quantization=config, max_steps=12, weight_decay=0.1, save_strategy="steps",
+                          save_steps=12)
+    trainer.prepare_quantization()
+    calibrated = {n: q.amax.detach().clone() for n, q in quantizers(trainer.model) if isinstance(q, ActivationQuantizer)}
+    trainer.train()
+    model = trainer.model
+    ranges = {n: q.amax for n, q in quantizers(model) if isinstance(q, ActivationQuantizer)}
+    assert ranges and all(isinstance(a, torch.nn.Parameter) for a in ranges.values())
+    assert not any(n.endswith(".amax") for n in trainer.get_decay_parameter_names(model))
+    range_groups = [g for g in trainer.optimizer.param_groups if any(p is ranges[next(iter(ranges))] for p in g["params"])]
+    assert len(range_groups) == 1 and len(range_groups[0]["params"]) == len(ranges)
+    assert range_groups[0]["weight_decay"] == 0.0
+    moved = [n for n in ranges if not torch.allclose(ranges[n], calibrated[n], rtol=1e-3)]
+    assert len(moved) > len(ranges) // 2, moved
+    model.eval()
+    batch = batches(1, seed=5)[0]
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+    save_quantized(model, tmp_path / "ort", "onnxruntime", config)
+    got = _ort_logits(tmp_path / "ort", batch)
+    assert np.abs(got - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
+    resumed = trainer_for(tmp_path, quantization=config, max_steps=12)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-12"))
+    restored = {n: q.amax for n, q in quantizers(resumed.model) if isinstance(q, ActivationQuantizer)}
+    assert all(torch.equal(restored[n], ranges[n]) for n in moved)
+
+
 def test_prepare_twice_is_refused():
     model = prepared("bert")
     with pytest.raises(ConfigError, match="once"):
@@ -159,7 +204,7 @@ class _Data(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": self.labels[i]}
 
 
-def trainer_for(tmp_path, model=None, method="fake_quant", **args):
+def trainer_for(tmp_path, model=None, method="fake_quant", quantization=None, teacher_model=None, **args):
     from optimum.quantization import QATTrainer
 
     defaults = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, learning_rate=2e-3, max_steps=24,
@@ -167,7 +212,8 @@ def trainer_for(tmp_path, model=None, method="fake_quant", **args):
     defaults.update(args)
     return QATTrainer(model=model or tiny("bert"), args=transformers.TrainingArguments(**defaults),
                       train_dataset=_Data(), eval_dataset=_Data(16, seed=1),
-                      quantization=QATConfig(method=method, calibration_batches=2))
+                      quantization=quantization or QATConfig(method=method, calibration_batches=2),
+                      teacher_model=teacher_model)
 
 
 def _losses(trainer):
@@ -181,6 +227,57 @@ def test_trainer_calibrates_then_training_reduces_the_loss(tmp_path):
     losses = _losses(trainer)
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
     assert "eval_loss" in trainer.evaluate()
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_covers_every_logit_field():
+    from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+    from optimum.quantization.qat.distillation import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = QuestionAnsweringModelOutput(start_logits=torch.randn(3, 16), end_logits=torch.randn(3, 16))
+    same = distillation_loss(teacher, teacher, temperature=2.0)
+    assert abs(float(same)) < 1e-6
+    student_start = (teacher.start_logits + torch.randn(3, 16)).requires_grad_()
+    student = QuestionAnsweringModelOutput(start_logits=student_start, end_logits=teacher.end_logits.clone())
+    loss = distillation_loss(student, teacher, temperature=2.0)
+    assert float(loss.detach()) > 0.01
+    loss.backward()
+    assert student_start.grad.abs().sum() > 0  # the start field really enters the loss
+    lm = {"logits": torch.randn(2, 5, 11)}  # causal LM: one softmax per position over the vocabulary
+    assert abs(float(distillation_loss(lm, lm, temperature=1.0))) < 1e-6
+    with pytest.raises(ConfigError, match="logits"):
+        distillation_loss({"hidden_states": torch.randn(2, 3)}, {"hidden_states": torch.randn(2, 3)}, 1.0)
+
+
+def test_distillation_trains_towards_a_frozen_fp32_teacher(tmp_path):
+    fp32 = tiny("bert")
+    reference = {k: v.clone() for k, v in fp32.state_dict().items()}
+    config = QATConfig(calibration_batches=2, distillation_weight=1.0, distillation_temperature=1.0)
+    trainer = trainer_for(tmp_path, model=fp32, quantization=config, max_steps=12)
+    trainer.train()
+    teacher = trainer.teacher_model
+    assert teacher is not None and teacher is not trainer.model
+    assert not any(True for _ in quantizers(teacher))  # the teacher is the FP32 model, no fake quant
+    assert all(torch.equal(reference[k], v) for k, v in teacher.state_dict().items())  # and frozen
+    assert quantizer_counts(trainer.model) == EXPECTED_COUNTS["bert"]
+    # With weight 1 the loss is the KL to the teacher alone: the fake-quant student starts close to its FP32
+    # weights, so it is far below the task's cross-entropy (~ln 2 for this untrained 2-class model).
+    first = _losses(trainer)[0]
+    task_loss = trainer_for(tmp_path / "plain", max_steps=1)
+    task_loss.train()
+    assert first < 0.2 * _losses(task_loss)[0], (first, _losses(task_loss))
+    # Evaluation keeps the task loss only.
+    assert "eval_loss" in trainer.evaluate()
+
+
+def test_distillation_settings_are_checked():
+    with pytest.raises(ConfigError, match="distillation_weight"):
+        QATConfig(distillation_weight=1.5)
+    with pytest.raises(ConfigError, match="distillation_temperature"):
+        QATConfig(distillation_weight=0.5, distillation_temperature=0)
+    with pytest.raises(ConfigError, match="teacher_model"):
+        trainer_for(Path("/tmp/unused"), teacher_model=tiny("bert"))
 
 
 def test_resume_restores_quantizer_ranges_from_the_checkpoint(tmp_path):

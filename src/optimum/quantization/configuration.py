@@ -213,11 +213,16 @@ class QATConfig(_QuantConfigBase):
     zero-point 0 (scale = amax / 127), per-tensor on the inputs of linear layers, per-channel on their weights,
     on both inputs of the two attention matmuls (`quantize_matmul_inputs`) and of the residual adds
     (`quantize_residual_adds`). Activation ranges come from `calibrator` ("max", "percentile" at `percentile`,
-    "entropy", "mse") over `calibration_batches` training batches and stay fixed while training.
+    "entropy", "mse") over `calibration_batches` training batches and stay fixed while training, or, with
+    `learn_ranges=True`, are trained from there with the weights (LSQ gradient, at `range_learning_rate`;
+    fake_quant only).
     `method="nncf"` hands the model to `nncf.quantize` (NNCF's own placement and ranges, `calibration_batches`
     batches), then fine-tunes it. `exclude` takes module-name patterns kept in FP32 (task heads by default).
     `reduce_range` ("auto": on CPUs without VNNI) trains 7-bit weights (-64..63), so the exported model gives the
     same results on ONNX Runtime's CPU INT8 kernels, whose 16-bit pair sums overflow with full-range weights there.
+    `distillation_weight` > 0 mixes the task loss with a KL term towards the logits of the model's own FP32
+    weights (a frozen copy taken before the quantizers go in), softened by `distillation_temperature`:
+    loss = (1 - w) * task + w * T² * KL(teacher || student).
     """
 
     method: str = "fake_quant"
@@ -227,9 +232,21 @@ class QATConfig(_QuantConfigBase):
     calibration_batches: int = 8
     quantize_matmul_inputs: bool = True
     quantize_residual_adds: bool = True
+    learn_ranges: bool = False
+    range_learning_rate: float = 1e-2
+    distillation_weight: float = 0.0
+    distillation_temperature: float = 2.0
 
     def __post_init__(self):
         _check_choice("QAT method", self.method, QAT_METHODS)
+        if not float(self.range_learning_rate) > 0.0:
+            raise ConfigError(f"`range_learning_rate` must be > 0, got {self.range_learning_rate}.")
+        if self.learn_ranges and self.method != "fake_quant":
+            raise ConfigError("`learn_ranges` applies to method='fake_quant'; NNCF's QAT trains its own ranges.")
+        if not 0.0 <= float(self.distillation_weight) <= 1.0:
+            raise ConfigError(f"`distillation_weight` must be in [0, 1], got {self.distillation_weight}.")
+        if not float(self.distillation_temperature) > 0.0:
+            raise ConfigError(f"`distillation_temperature` must be > 0, got {self.distillation_temperature}.")
         _check_choice("QAT calibrator", self.calibrator, QAT_CALIBRATORS)
         _check_percentile(self.percentile)
         for name in ("num_bins", "calibration_batches"):

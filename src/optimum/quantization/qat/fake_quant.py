@@ -39,6 +39,19 @@ def fake_quant(x: torch.Tensor, amax: torch.Tensor, axis: int | None = None, qma
     return torch.fake_quantize_per_channel_affine(x, scale.reshape(-1), zero, axis % x.dim(), low, qmax)
 
 
+def learnable_fake_quant(x: torch.Tensor, amax: torch.Tensor, qmax: int = QMAX) -> torch.Tensor:
+    """Per-tensor `fake_quant` whose range `amax` receives a gradient (LSQ, Esser et al. 2020).
+
+    Same values as `fake_quant`; x gets the straight-through gradient inside the range (zero outside, as
+    torch's fake-quantize op), amax gets d/d(amax) of the quantized value: the rounding error inside the range,
+    ±qmax for clipped values. (LSQ's gradient scale is left out: Adam, Trainer's optimizer, ignores the scale.)
+    """
+    scale = amax.float().clamp_min(AMAX_FLOOR) / qmax
+    scaled = x * (1.0 / scale)  # as torch's kernel: multiply by the inverse scale, then round half to even
+    quantized = torch.clamp(scaled + (torch.round(scaled) - scaled).detach(), -qmax - 1, qmax)
+    return (quantized * scale).to(x.dtype)
+
+
 # --------------------------------------------------------------------------------------------- calibrators
 
 
@@ -151,7 +164,8 @@ def make_calibrator(config):
 
 
 class ActivationQuantizer(nn.Module):
-    """Per-tensor INT8 fake quant of an activation; its range `amax` is calibrated, then fixed (a buffer).
+    """Per-tensor INT8 fake quant of an activation; its range `amax` is calibrated, then fixed (a buffer), or
+    trained from there (a parameter, after `make_range_trainable`).
 
     States: calibrating (collects statistics, passes x through unchanged), quantizing (the default once
     `amax` is set) or disabled. `amax` is saved in the state dict, so checkpoints restore it.
@@ -176,6 +190,14 @@ class ActivationQuantizer(nn.Module):
             self.amax.copy_(torch.clamp(amax, min=AMAX_FLOOR))
             self._calibrated = True
 
+    def make_range_trainable(self) -> None:
+        """Turn the calibrated `amax` buffer into a parameter (same state-dict key) that training updates."""
+        if isinstance(self.amax, nn.Parameter):
+            return
+        value = self.amax.detach().clone()
+        del self._buffers["amax"]
+        self.amax = nn.Parameter(value)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._calibrated = bool(torch.isfinite(self.amax))  # a checkpoint's ranges count as calibrated
@@ -190,6 +212,8 @@ class ActivationQuantizer(nn.Module):
             return x
         if not self.enabled or not self.calibrated:
             return x
+        if self.amax.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return learnable_fake_quant(x, self.amax)
         return fake_quant(x, self.amax)
 
     def extra_repr(self) -> str:

@@ -277,6 +277,10 @@ def prepare(model: nn.Module, config: QATConfig, forward_loop: Callable[[nn.Modu
     counts = calibrate(model, forward_loop)
     if not counts.get("linear_input"):
         raise UnsupportedModelError(f"No linear layer of {type(model).__name__} could be quantized: {counts}.")
+    if config.learn_ranges:
+        for _, quantizer in quantizers(model):
+            if isinstance(quantizer, ActivationQuantizer):
+                quantizer.make_range_trainable()
     return model
 
 
