@@ -70,8 +70,6 @@ def accuracy(args) -> dict:
 
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from optimum.quantization import QuantModelForQuestionAnswering
-
     model_dir = finetune.squad_qa_model()
     recipe = finetune.SquadRecipe()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -80,7 +78,6 @@ def accuracy(args) -> dict:
     features = finetune.squad_train_features(tokenizer, train_examples, recipe)
     order = random.Random(0).sample(range(len(features)), k=min(args.train_windows, len(features)))
     train_set = features.select(order)
-    work = Path(args.work_dir)
     rows = []
 
     def record(name, scores, **extra):
@@ -89,9 +86,25 @@ def accuracy(args) -> dict:
 
     record("pytorch-fp32", score(AutoModelForQuestionAnswering.from_pretrained(model_dir), tokenizer, heldout, recipe))
 
-    if not args.qat_only:
-        ptq_and_static_rows(args, model_dir, tokenizer, train_set, train_examples, heldout, recipe, record)
+    if "ptq" in args.rows:
+        ptq_row(args, model_dir, tokenizer, train_set, heldout, recipe, record)
+    if "static" in args.rows:
+        static_row(args, model_dir, tokenizer, train_examples, heldout, recipe, record)
+    if "qat" in args.rows:
+        qat_row(args, model_dir, tokenizer, train_set, heldout, recipe, record)
+    baseline = rows[0]
+    for row in rows:
+        row["delta_f1"] = round(row["f1"] - baseline["f1"], 2)
+        row["delta_exact_match"] = round(row["exact_match"] - baseline["exact_match"], 2)
+    return {"data": f"SQuAD v1.1 dev, {len(heldout)} questions evenly spaced over the 8 held-out articles",
+            "model": str(model_dir), "variants": rows}
 
+
+def qat_row(args, model_dir, tokenizer, train_set, heldout, recipe, record) -> None:
+    """QATTrainer from the FP32 weights, exported to Q/DQ ONNX (and the TensorRT-validated copy), scored on ORT."""
+    from optimum.quantization import QuantModelForQuestionAnswering
+
+    work = Path(args.work_dir)
     qat = qat_trainer(model_dir, tokenizer, train_set, args, work / "qat-run")
     start = time.perf_counter()
     qat.train()
@@ -101,29 +114,53 @@ def accuracy(args) -> dict:
     record("qat-fake-quant", score(QuantModelForQuestionAnswering.from_pretrained(work / "qat-fake-quant"), tokenizer,
                                    heldout, recipe), train_seconds=train_seconds, train_windows=len(train_set),
            learning_rate=args.learning_rate, epochs=args.epochs, qat_config=qat_config(args).to_dict()["_data"])
-    baseline = rows[0]
-    for row in rows:
-        row["delta_f1"] = round(row["f1"] - baseline["f1"], 2)
-        row["delta_exact_match"] = round(row["exact_match"] - baseline["exact_match"], 2)
-    return {"data": f"SQuAD v1.1 dev, {len(heldout)} questions evenly spaced over the 8 held-out articles",
-            "model": str(model_dir), "variants": rows}
 
 
-def ptq_and_static_rows(args, model_dir, tokenizer, train_set, train_examples, heldout, recipe, record) -> None:
-    """The QAT recipe calibrated without training, and this library's static PTQ default, on the same questions."""
+def ptq_row(args, model_dir, tokenizer, train_set, heldout, recipe, record) -> None:
+    """The QAT recipe calibrated on the same batches without a training step (PTQ of the same recipe)."""
     from optimum.quantization import QuantModelForQuestionAnswering
 
     work = Path(args.work_dir)
     ptq = qat_trainer(model_dir, tokenizer, train_set, args, work / "ptq-run")
     ptq.save_quantized(work / "ptq-fake-quant", backend="onnxruntime")  # calibrates, no training step
     record("ptq-fake-quant", score(QuantModelForQuestionAnswering.from_pretrained(work / "ptq-fake-quant"), tokenizer,
-                                   heldout, recipe), quantizers=ptq.quantization_summary)
+                                   heldout, recipe), quantizers=ptq.quantization_summary,
+           qat_config=qat_config(args).to_dict()["_data"])
 
+
+def static_row(args, model_dir, tokenizer, train_examples, heldout, recipe, record) -> None:
+    """This library's static PTQ default (ONNX Runtime), calibrated on 128 training-article questions."""
+    from optimum.quantization import QuantModelForQuestionAnswering
+
+    work = Path(args.work_dir)
     calibration = [(e["question"], e["context"]) for e in finetune.evenly_spaced(train_examples, 128)]
     static = QuantModelForQuestionAnswering.from_pretrained(model_dir, export=True, quantize="static",
                                                             calibration_dataset=calibration)
     static.save_pretrained(work / "ort-int8-static")
     record("ort-int8-static", score(static, tokenizer, heldout, recipe))
+
+
+def saved_models_accuracy(args) -> dict:
+    """FP32 and every exported model under --work-dir (folders holding model.onnx) scored on --questions."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from optimum.quantization import QuantModelForQuestionAnswering
+
+    model_dir = finetune.squad_qa_model()
+    recipe = finetune.SquadRecipe()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    heldout = finetune.evenly_spaced(finetune.load_squad_examples("heldout"), args.questions)
+    rows = [{"variant": "pytorch-fp32", **score(AutoModelForQuestionAnswering.from_pretrained(model_dir), tokenizer,
+                                                heldout, recipe)}]
+    for folder in sorted(Path(args.work_dir).glob("*/model.onnx")):
+        model = QuantModelForQuestionAnswering.from_pretrained(folder.parent)
+        rows.append({"variant": folder.parent.name, **score(model, tokenizer, heldout, recipe)})
+        print(rows[-1], flush=True)
+    for row in rows:
+        row["delta_f1"] = round(row["f1"] - rows[0]["f1"], 2)
+        row["delta_exact_match"] = round(row["exact_match"] - rows[0]["exact_match"], 2)
+    return {"data": f"SQuAD v1.1 dev, {len(heldout)} questions evenly spaced over the 8 held-out articles",
+            "model": str(model_dir), "variants": rows}
 
 
 def latency(args) -> dict:
@@ -174,15 +211,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-residual-adds", action="store_true", help="leave the residual adds unquantized")
     parser.add_argument("--distillation-weight", type=float, default=0.0)
     parser.add_argument("--distillation-temperature", type=float, default=2.0)
-    parser.add_argument("--qat-only", action="store_true", help="score FP32 and the QAT model only (no PTQ rows)")
+    parser.add_argument("--rows", nargs="+", choices=["ptq", "static", "qat"], default=["ptq", "static", "qat"],
+                        help="rows besides FP32: the recipe without training, our static default, the QAT model")
     parser.add_argument("--work-dir", default=str(Path.home() / ".cache" / "optimum-quantization" / "qat-squad"))
     parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--score-saved", action="store_true", help="score the exported models under --work-dir")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--name", default="qat_squad")
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
-    result = latency(args) if args.latency_only else accuracy(args)
+    result = latency(args) if args.latency_only else saved_models_accuracy(args) if args.score_saved else accuracy(args)
     result.update(machine=cpu_info().to_dict(), versions=library_versions(), note=args.note,
                   arguments={k: v for k, v in vars(args).items()})
     name = f"{args.name}_latency" if args.latency_only else args.name

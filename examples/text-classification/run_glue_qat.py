@@ -29,6 +29,9 @@ class ScriptArguments:
     validation_file: str
     qat: str = dataclasses.field(default="fake_quant", metadata={"choices": ["none", "fake_quant", "nncf"]})
     calibrator: str = "percentile"
+    quantize_residual_adds: bool = True  # False: residual adds stay FP32 (MiniLM SQuAD: QAT +0.24 F1 vs -1.27 with them)
+    learn_ranges: bool = False
+    distillation_weight: float = 0.0
     export_backend: str = "onnxruntime"
     max_seq_length: int = 64
     max_train_samples: int | None = None
@@ -65,7 +68,9 @@ def main(argv=None):
     else:
         from optimum.quantization import QATConfig, QATTrainer
 
-        trainer = QATTrainer(**kwargs, quantization=QATConfig(method=script.qat, calibrator=script.calibrator))
+        trainer = QATTrainer(**kwargs, quantization=QATConfig(
+            method=script.qat, calibrator=script.calibrator, quantize_residual_adds=script.quantize_residual_adds,
+            learn_ranges=script.learn_ranges, distillation_weight=script.distillation_weight))
     if training.do_train or not training.do_eval:
         trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
         trainer.save_model()
