@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# NNCF loads its torch extension in a worker with a 60 s limit, which a busy 2-core machine can exceed.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
 
 SENTENCES = [
     "it 's a charming and often affecting journey .",

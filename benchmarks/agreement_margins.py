@@ -1,0 +1,83 @@
+"""Why SST-2 agreement stops near 99%: the FP32 margins of the sentences INT8 flips.
+
+    cd /tmp && PYTHONPATH=/work/main/src HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 \\
+        /work/main/.venv/bin/python /work/main/benchmarks/agreement_margins.py dyn-default dyn-8bit static-default
+
+On the 5,000 unseen SST-2 train sentences of `accuracy.py sst2`, compares each INT8 variant's logits with PyTorch
+FP32: agreement, the largest FP32 logit margin |l1 - l0| among flipped sentences, and the INT8 error of that
+margin (median, 99th percentile). Writes benchmarks/results/sst2_agreement_margins.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import accuracy
+import finetune
+import numpy as np
+import torch
+
+from optimum.quantization.hardware import cpu_info
+from optimum.quantization.recipe import library_versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def logits(model, tokenizer, texts: list[str]) -> np.ndarray:
+    out = []
+    for i in range(0, len(texts), 32):
+        encoded = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            out.append(model(**encoded).logits.float().numpy())
+    return np.concatenate(out)
+
+
+def main(names: list[str]) -> int:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from optimum.quantization import QuantModelForSequenceClassification
+    from optimum.quantization.configuration import DynamicQuantConfig
+
+    model_dir = finetune.sst2_classifier()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = accuracy.unseen_train_sentences(accuracy.AGREEMENT_SENTENCES)
+    calibration = accuracy.unseen_train_sentences(accuracy.AGREEMENT_SENTENCES + 128)[accuracy.AGREEMENT_SENTENCES :]
+    variants = {
+        "dyn-default": {"quantize": "dynamic"},
+        "dyn-8bit": {"quantize": DynamicQuantConfig(reduce_range=False)},
+        "static-default": {"quantize": "static", "calibration_dataset": calibration},
+    }
+    fp32 = logits(AutoModelForSequenceClassification.from_pretrained(model_dir).eval(), tokenizer, texts)
+    margin = np.abs(fp32[:, 1] - fp32[:, 0])
+    result = {"sentences": len(texts), "fp32_margin_quantiles": dict(zip(["0.5%", "1%", "2%", "5%"],
+              np.quantile(margin, [0.005, 0.01, 0.02, 0.05]).round(3).tolist())), "variants": []}
+    for name in names:
+        model = QuantModelForSequenceClassification.from_pretrained(model_dir, export=True, **variants[name])
+        int8 = logits(model, tokenizer, texts)
+        flipped = int8.argmax(1) != fp32.argmax(1)
+        error = np.abs((int8[:, 1] - int8[:, 0]) - (fp32[:, 1] - fp32[:, 0]))
+        result["variants"].append({
+            "variant": name, "agreement": round(float(1 - flipped.mean()), 4), "flipped": int(flipped.sum()),
+            "largest_fp32_margin_flipped": round(float(margin[flipped].max()), 3) if flipped.any() else 0.0,
+            "margin_error_p50": round(float(np.median(error)), 3),
+            "margin_error_p99": round(float(np.quantile(error, 0.99)), 3),
+        })
+        print(result["variants"][-1], flush=True)
+    result.update(machine=cpu_info().to_dict(), versions=library_versions())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sst2_agreement_margins.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    rows = [f"| {v['variant']} | {100 * v['agreement']:.2f}% | {v['flipped']} | {v['largest_fp32_margin_flipped']} | "
+            f"{v['margin_error_p50']} | {v['margin_error_p99']} |" for v in result["variants"]]
+    cpu = result["machine"]
+    (RESULTS / "sst2_agreement_margins.md").write_text("\n".join([
+        f"Machine: {cpu['model']}, ISA {', '.join(cpu['isa'])}. {len(texts)} unseen SST-2 train sentences; "
+        f"FP32 logit margin quantiles {result['fp32_margin_quantiles']}.", "",
+        "| variant | agreement | flipped | largest FP32 margin flipped | margin error p50 | p99 |",
+        "|---|---|---|---|---|---|", *rows]) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or ["dyn-default", "dyn-8bit", "static-default"]))
