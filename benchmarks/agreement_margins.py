@@ -17,21 +17,12 @@ from pathlib import Path
 import accuracy
 import finetune
 import numpy as np
-import torch
 
+from optimum.quantization.evaluation.metrics import classification_logits
 from optimum.quantization.hardware import cpu_info
 from optimum.quantization.recipe import library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def logits(model, tokenizer, texts: list[str]) -> np.ndarray:
-    out = []
-    for i in range(0, len(texts), 32):
-        encoded = tokenizer(texts[i : i + 32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.no_grad():
-            out.append(model(**encoded).logits.float().numpy())
-    return np.concatenate(out)
 
 
 def main(names: list[str]) -> int:
@@ -49,13 +40,13 @@ def main(names: list[str]) -> int:
         "dyn-8bit": {"quantize": DynamicQuantConfig(reduce_range=False)},
         "static-default": {"quantize": "static", "calibration_dataset": calibration},
     }
-    fp32 = logits(AutoModelForSequenceClassification.from_pretrained(model_dir).eval(), tokenizer, texts)
+    fp32 = classification_logits(AutoModelForSequenceClassification.from_pretrained(model_dir).eval(), tokenizer, texts)
     margin = np.abs(fp32[:, 1] - fp32[:, 0])
     result = {"sentences": len(texts), "fp32_margin_quantiles": dict(zip(["0.5%", "1%", "2%", "5%"],
               np.quantile(margin, [0.005, 0.01, 0.02, 0.05]).round(3).tolist())), "variants": []}
     for name in names:
         model = QuantModelForSequenceClassification.from_pretrained(model_dir, export=True, **variants[name])
-        int8 = logits(model, tokenizer, texts)
+        int8 = classification_logits(model, tokenizer, texts)
         flipped = int8.argmax(1) != fp32.argmax(1)
         error = np.abs((int8[:, 1] - int8[:, 0]) - (fp32[:, 1] - fp32[:, 0]))
         result["variants"].append({
