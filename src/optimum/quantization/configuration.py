@@ -46,6 +46,11 @@ def _check_percentile(value) -> None:
         raise ConfigError(f"`percentile` must be in (0, 100], got {value}.")
 
 
+def _check_positive(name: str, value) -> None:
+    if not float(value) > 0.0:
+        raise ConfigError(f"`{name}` must be > 0, got {value}.")
+
+
 def _check_reduce_range(value, choices=(True, False, "auto")) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
@@ -239,14 +244,12 @@ class QATConfig(_QuantConfigBase):
 
     def __post_init__(self):
         _check_choice("QAT method", self.method, QAT_METHODS)
-        if not float(self.range_learning_rate) > 0.0:
-            raise ConfigError(f"`range_learning_rate` must be > 0, got {self.range_learning_rate}.")
+        _check_positive("range_learning_rate", self.range_learning_rate)
         if self.learn_ranges and self.method != "fake_quant":
             raise ConfigError("`learn_ranges` applies to method='fake_quant'; NNCF's QAT trains its own ranges.")
         if not 0.0 <= float(self.distillation_weight) <= 1.0:
             raise ConfigError(f"`distillation_weight` must be in [0, 1], got {self.distillation_weight}.")
-        if not float(self.distillation_temperature) > 0.0:
-            raise ConfigError(f"`distillation_temperature` must be > 0, got {self.distillation_temperature}.")
+        _check_positive("distillation_temperature", self.distillation_temperature)
         _check_choice("QAT calibrator", self.calibrator, QAT_CALIBRATORS)
         _check_percentile(self.percentile)
         for name in ("num_bins", "calibration_batches"):
