@@ -44,8 +44,8 @@ from causal_lm_quality import WIKITEXT, smollm2_fp32  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(os.environ.get("OPTIMUM_QUANTIZATION_CACHE", Path.home() / ".cache" / "optimum-quantization"))
 SPEED_VARIANTS = [
-    "pytorch-fp32", "ort-fp32", "ort-fp32-no-iobinding", "ort-int8", "ort-int8-no-iobinding", "ort-int8-dynamic",
-    "ort-w8-head", "optimum-intel-w8", "optimum-intel-w4",
+    "pytorch-fp32", "ort-fp32", "ort-int8", "ort-int8-no-iobinding", "ort-w8-head", "ov-w8", "ov-w4",
+    "optimum-intel-w8", "optimum-intel-w8-torch1", "optimum-intel-w4",
 ]
 # ort-fp32, dynamic INT8 and w8 without the head were measured before (results/causal_lm_*.md): FP32 +0.0%,
 # dynamic +68%, w8 +0.7%. Add them with --variants.
@@ -114,7 +114,7 @@ def speed(args) -> None:
     result = run_generation_benchmark(str(gpt2_shaped_model(args.quick)), args.variants or SPEED_VARIANTS, "pytorch-fp32", config)
     result["model"] = "GPT-2 small shape (random init, 124M)" if not args.quick else "tiny GPT-2 (quick mode)"
     markdown = generation_benchmark_markdown(result)
-    stem = "generation_speed" + ("_quick" if args.quick else "")
+    stem = args.name + ("_quick" if args.quick else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (RESULTS / f"{stem}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
@@ -161,6 +161,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=2048, help="WikiText-2 tokens for perplexity")
+    parser.add_argument("--name", default="generation_speed", help="speed: results file stem under benchmarks/results")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     speed(args) if args.part == "speed" else quality(args)

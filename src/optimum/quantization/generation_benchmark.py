@@ -58,7 +58,11 @@ class OrtCausalLM(OurQuantized):
 
 @register_variant_kind("optimum-intel-causal-lm")
 class OptimumIntelCausalLM(VariantBuilder):
-    """optimum-intel's `OVModelForCausalLM`, used directly (options: bits 8 or 4, weight-only; none: FP32 IR)."""
+    """optimum-intel's `OVModelForCausalLM`, used directly (options: bits 8 or 4, weight-only; none: FP32 IR).
+
+    As shipped, its `generate()` leaves PyTorch's thread count alone; `load: {"generate_torch_threads": 1}` gives
+    it our fix (`backends.generate_threads`), to show how much of a difference is that fix alone.
+    """
 
     requires = ("openvino", "optimum.intel")
     extra = "openvino"
@@ -83,7 +87,16 @@ class OptimumIntelCausalLM(VariantBuilder):
         from optimum.intel import OVModelForCausalLM
 
         ov_config = {"INFERENCE_NUM_THREADS": str(threads)} if threads else None
-        return OVModelForCausalLM.from_pretrained(folder, ov_config=ov_config)
+        torch_threads = (spec.options.get("load") or {}).get("generate_torch_threads")
+        model_class = OVModelForCausalLM
+        if torch_threads is not None:
+            from .backends.generate_threads import RuntimeGenerateThreadsMixin
+
+            model_class = type("OVModelForCausalLMTorchThreads", (RuntimeGenerateThreadsMixin, OVModelForCausalLM), {})
+        model = model_class.from_pretrained(folder, ov_config=ov_config)
+        if torch_threads is not None:
+            model.generate_torch_threads = torch_threads
+        return model
 
 
 def _ort(quantize, io_binding: bool) -> dict:
@@ -102,6 +115,7 @@ GENERATION_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ort-w8", "ort-causal-lm", _ort("w8", True)),
         VariantSpec("ort-w4", "ort-causal-lm", _ort("w4", True)),
         VariantSpec("optimum-intel-w8", "optimum-intel-causal-lm", {"bits": 8}),
+        VariantSpec("optimum-intel-w8-torch1", "optimum-intel-causal-lm", {"bits": 8, "load": {"generate_torch_threads": 1}}),
         VariantSpec("optimum-intel-w4", "optimum-intel-causal-lm", {"bits": 4}),
     )
 }

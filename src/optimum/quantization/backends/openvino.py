@@ -34,6 +34,7 @@ from ..export import check_exportable
 from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, runtime_model_class
+from .generate_threads import RuntimeGenerateThreadsMixin
 from . import nncf_ptq, openvino_precision
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ class OVQuantModelForFeatureExtraction(QuantizedModelMixin, OVModelForFeatureExt
     pass
 
 
-class OVQuantModelForCausalLM(QuantizedModelMixin, OVModelForCausalLM):
-    pass
+class OVQuantModelForCausalLM(QuantizedModelMixin, RuntimeGenerateThreadsMixin, OVModelForCausalLM):
+    """optimum-intel's `OVModelForCausalLM`; `generate()` runs with one PyTorch thread (see `generate_threads`)."""
 
 
 def optimum_model_class(task: str) -> type:
