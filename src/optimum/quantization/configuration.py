@@ -22,6 +22,7 @@ WEIGHT_ONLY_BITS = (8, 4)
 QAT_METHODS = ("fake_quant", "nncf")
 QAT_CALIBRATORS = ("max", "percentile", "entropy", "mse")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+EMBEDDING_STORAGE = ("per-row", "per-tensor")
 
 
 def _check_choice(kind: str, value: object, valid) -> None:
@@ -127,11 +128,20 @@ class DynamicQuantConfig(_QuantConfigBase):
 
     `reduce_range="pair-safe"` (ONNX Runtime, per-channel s8 weights): 8-bit weights rescaled per channel so
     that the 16-bit pair sums of CPUs without VNNI cannot saturate (`backends/ort_pair_safe.py`).
+
+    `embeddings` (ONNX Runtime, fused graphs): `"per-row"` stores the word and position tables in u8 with one
+    scale per row and keeps the fused embedding op FP32 (`backends/ort_embeddings.py`); `"per-tensor"` is
+    ONNX Runtime's own `QEmbedLayerNormalization` (one scale for a whole table, LayerNorm weights in u8 too).
     """
 
     reduce_range_choices: ClassVar[tuple] = (True, False, "auto", "pair-safe")
 
     optimize_graph: bool = True
+    embeddings: str = "per-row"
+
+    def __post_init__(self):
+        _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
+        super().__post_init__()
 
 
 @dataclass

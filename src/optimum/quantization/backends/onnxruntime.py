@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnxruntime
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 try:  # onnxruntime >= 1.32: precomputed ranges go to quantize_static through a calibration cache file
@@ -33,7 +34,9 @@ from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_pair_safe import make_pair_safe
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
+from .generate_threads import RuntimeGenerateThreadsMixin
 from .ort_kv_buffers import PreallocatedKVBindingMixin
+from .ort_embeddings import EMBEDDING_OP, FOLD_DEQUANTIZE, store_tables_per_row
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,9 @@ EXTERNAL_DATA_TASKS = ("text-generation",)
 _FLOAT_DEFAULT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 # Gemm is left out on purpose: quantize_dynamic renames a Gemm to "<name>_MatMul", which would make
 # exclusions by module name (task heads) silently do nothing.
-# EmbedLayerNormalization (fused graphs) stores the embedding tables in INT8: they are a fifth to a half of
-# a BERT's weights, and a lookup dequantizes only the rows it gathers (MiniLM file 0.65x -> 0.25x of FP32).
+# EmbedLayerNormalization (fused graphs) gets its embedding tables in 8 bits: they are a fifth to a half of a
+# BERT's weights (MiniLM file 0.65x -> 0.25x of FP32). By default per row (ort_embeddings, DynamicQuantConfig
+# .embeddings); ONNX Runtime's own QEmbedLayerNormalization (one scale per table) cost MiniLM SQuAD 1.8 F1.
 DYNAMIC_OP_TYPES = ["MatMul", "Attention", "EmbedLayerNormalization"]
 STATIC_OP_TYPES = ["MatMul", "Gemm"]
 # MatMulNBitsQuantizer rewrites MatMul (weight as initializer) into MatMulNBits and Gather (4-bit only) into
@@ -80,9 +84,12 @@ class ORTQuantModelForFeatureExtraction(QuantizedModelMixin, ORTModelForFeatureE
     pass
 
 
-class ORTQuantModelForCausalLM(QuantizedModelMixin, PreallocatedKVBindingMixin, ORTModelForCausalLM):
+class ORTQuantModelForCausalLM(
+    QuantizedModelMixin, RuntimeGenerateThreadsMixin, PreallocatedKVBindingMixin, ORTModelForCausalLM
+):
     """optimum's `ORTModelForCausalLM`; with `use_io_binding=True` its key/value buffers are allocated once per
-    `generate()` and reused across steps (see `ort_kv_buffers`)."""
+    `generate()` and reused across steps (see `ort_kv_buffers`); `generate()` runs with one PyTorch thread
+    (see `generate_threads`)."""
 
 
 def optimum_model_class(task: str) -> type:
@@ -230,6 +237,11 @@ class OnnxRuntimeBackend(Backend):
             load_kwargs.setdefault("use_cache", True)
             # Explicit, so the choice is ours and measured (see CAUSAL_LM_IO_BINDING_DEFAULT), not optimum's.
             load_kwargs.setdefault("use_io_binding", CAUSAL_LM_IO_BINDING_DEFAULT)
+        if recipe.details.get("per_row_tables"):
+            # Without it every run dequantizes the tables again (see ort_embeddings).
+            options = load_kwargs.get("session_options") or onnxruntime.SessionOptions()
+            options.add_session_config_entry(*FOLD_DEQUANTIZE)
+            load_kwargs["session_options"] = options
         model = cls.from_pretrained(path, file_name=MODEL_FILE, **load_kwargs)
         model.quantization_recipe = recipe
         return model
@@ -253,19 +265,23 @@ class OnnxRuntimeBackend(Backend):
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
             raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
         reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
+        per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types
         quantize_dynamic(
             src,
             dst,
             weight_type=WEIGHT_TYPES[config.weight_type],
             per_channel=config.per_channel,
             reduce_range=reduce_range,
-            op_types_to_quantize=op_types,
+            op_types_to_quantize=[op for op in op_types if not (per_row and op == EMBEDDING_OP)],
             nodes_to_exclude=nodes_to_exclude,
             extra_options=dict(_FLOAT_DEFAULT),
         )
-        if pair_safe:
+        if pair_safe or per_row:
             quantized = onnx.load(str(dst))
-            details.update(make_pair_safe(quantized, onnx.load(str(src))))
+            if pair_safe:
+                details.update(make_pair_safe(quantized, onnx.load(str(src))))
+            if per_row:
+                details["per_row_tables"] = store_tables_per_row(quantized, nodes_to_exclude)
             onnx.save(quantized, str(dst))
         weight_range = "pair-safe" if pair_safe else ("7-bit" if reduce_range else "8-bit")
         return {**details, "op_types": op_types, "reduce_range": reduce_range, "weight_range": weight_range,
