@@ -20,9 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .configuration import WeightOnlyQuantConfig
 from .errors import ConfigError, QuantizationError
 from .evaluation.benchmark import memory_snapshot, peak_rss_bytes, set_threads
-from .evaluation.generation import fixed_length_kwargs, per_token_latency, prompt_inputs, side_by_side_generations
+from .evaluation.generation import (
+    fixed_length_kwargs,
+    no_grad,
+    numpy_prompt_inputs,
+    per_token_latency,
+    prompt_inputs,
+    side_by_side_generations,
+)
 from .recipe import library_versions
 from .side_by_side import _check_baseline, build_all, machine_record, measure_round_robin, run_worker
 from .variants import (
@@ -99,6 +107,21 @@ class OptimumIntelCausalLM(VariantBuilder):
         return model
 
 
+@register_variant_kind("lean-ort")
+class LeanOrtCausalLM(OurQuantized):
+    """Our ONNX Runtime causal LM run by `lean_generation.LeanCausalLM` (options: quantize): the worker process
+    imports neither PyTorch nor transformers."""
+
+    requires = ("onnxruntime",)
+    extra = "onnxruntime"
+    torch_free = True
+
+    def load(self, spec, folder, task, threads):
+        from .lean_generation import LeanCausalLM
+
+        return LeanCausalLM.from_pretrained(folder, threads=threads)
+
+
 def _ort(quantize, io_binding: bool) -> dict:
     return {"backend": "onnxruntime", "quantize": quantize, "load": {"use_io_binding": io_binding}}
 
@@ -114,6 +137,8 @@ GENERATION_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ort-int8-dynamic", "ort-causal-lm", _ort("dynamic", True)),
         VariantSpec("ort-w8", "ort-causal-lm", _ort("w8", True)),
         VariantSpec("ort-w4", "ort-causal-lm", _ort("w4", True)),
+        VariantSpec("lean-ort-w8-head", "lean-ort",
+                    {"quantize": WeightOnlyQuantConfig(keep_default_exclusions=False).to_dict()}),
         VariantSpec("optimum-intel-w8", "optimum-intel-causal-lm", {"bits": 8}),
         VariantSpec("optimum-intel-w8-torch1", "optimum-intel-causal-lm", {"bits": 8, "load": {"generate_torch_threads": 1}}),
         VariantSpec("optimum-intel-w4", "optimum-intel-causal-lm", {"bits": 4}),
@@ -174,30 +199,35 @@ def _worker(job_path: str, output_path: str) -> None:
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     config = GenerationBenchmarkConfig(**job["config"])
     memory = [("python + optimum.quantization", memory_snapshot())]
-    set_threads(config.threads)
-    import torch
+    folder = Path(job["folder"])
+    spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
+    builder = builder_for(spec)
+    torch_free = getattr(builder, "torch_free", False)
+    if not torch_free:
+        set_threads(config.threads)
+        import torch  # noqa: F401
 
     memory.append(("+ torch", memory_snapshot()))
-    import transformers.generation.utils  # noqa: F401  (what any generate()-able model imports)
+    if not torch_free:
+        import transformers.generation.utils  # noqa: F401  (what any generate()-able model imports)
 
     memory.append(("+ transformers generation", memory_snapshot()))
     load_start = time.time()
-    folder = Path(job["folder"])
-    spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
-    for module in builder_for(spec).requires:
+    for module in builder.requires:
         importlib.import_module(module)
     memory.append(("+ runtime", memory_snapshot()))
     model = load_variant(folder, TASK, threads=config.threads)
     load_s = time.time() - load_start
     memory.append(("model loaded", memory_snapshot()))
-    first = prompt_inputs(1, config.prompt_length, job["vocab_size"], config.seed)
-    with torch.no_grad():
+    prompts = numpy_prompt_inputs if torch_free else prompt_inputs
+    first = prompts(1, config.prompt_length, job["vocab_size"], config.seed)
+    with no_grad():
         model.generate(**first, **fixed_length_kwargs(1))
     time_to_first_token_s = time.time() - job["spawned_at"]
     memory.append(("first token", memory_snapshot()))
     latency = []
     for b in config.batch_sizes:
-        inputs = prompt_inputs(b, config.prompt_length, job["vocab_size"], config.seed)
+        inputs = prompts(b, config.prompt_length, job["vocab_size"], config.seed)
         latency.append(per_token_latency(model, inputs, config.new_tokens, repeats=config.repeats, warmup=config.warmup))
         memory.append((f"generate b{b}", memory_snapshot()))
     result = {
@@ -207,6 +237,7 @@ def _worker(job_path: str, output_path: str) -> None:
         "memory_stages": [{"stage": stage, **snapshot} for stage, snapshot in memory],
         "load_average_1m": os.getloadavg()[0],
         "latency": latency,
+        "imported": [name for name in ("torch", "transformers") if name in sys.modules],
     }
     Path(output_path).write_text(json.dumps(result), encoding="utf-8")
 
@@ -230,7 +261,8 @@ def merge_rounds(rounds: list[dict]) -> dict:
         {"stage": rows[0]["stage"], **{k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "stage"}}
         for rows in zip(*(r.get("memory_stages", []) for r in rounds))
     ]
-    return {**merged, "latency": latency, "memory_stages": stages, "rounds": len(rounds)}
+    imported = sorted({name for r in rounds for name in r.get("imported", [])})
+    return {**merged, "latency": latency, "memory_stages": stages, "rounds": len(rounds), "imported": imported}
 
 
 def run_generation_benchmark(

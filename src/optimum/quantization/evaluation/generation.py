@@ -11,7 +11,9 @@ tokens on the 2-core benchmark machine), a cost no real generation pays, which w
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 import time
 from typing import Mapping, Sequence
 
@@ -35,12 +37,26 @@ def prompt_inputs(batch_size: int, prompt_length: int, vocab_size: int, seed: in
     return synthetic_inputs(batch_size, prompt_length, vocab_size, ("input_ids", "attention_mask"), seed)
 
 
-def _time_generate(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:
-    import torch
+def numpy_prompt_inputs(batch_size: int, prompt_length: int, vocab_size: int, seed: int = 0) -> dict:
+    """`prompt_inputs` as numpy arrays, drawn without PyTorch (for torch-free models): same shape, other ids,
+    which changes nothing in the cost of a step."""
+    import numpy as np
 
+    low = min(1000, vocab_size - 1)
+    input_ids = np.random.default_rng(seed).integers(low, vocab_size, (batch_size, prompt_length), dtype=np.int64)
+    return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+
+
+def no_grad():
+    """`torch.no_grad()` where PyTorch is loaded; nothing for a torch-free model, whose process never imports it."""
+    torch = sys.modules.get("torch")
+    return torch.no_grad() if torch is not None else contextlib.nullcontext()
+
+
+def _time_generate(model, inputs: dict, new_tokens: int, repeats: int) -> list[float]:
     kwargs = fixed_length_kwargs(new_tokens)
     times = []
-    with torch.no_grad():
+    with no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
             output = model.generate(**inputs, **kwargs)
