@@ -96,7 +96,7 @@ def test_text_in_text_out_and_no_torch_or_transformers_imported(saved):
     folder = saved("text-generation")[0]
     script = (
         "import sys, json\n"
-        "from optimum.quantization.lean_generation import LeanCausalLM\n"
+        "from optimum.quantization import LeanCausalLM\n"
         f"m = LeanCausalLM.from_pretrained({str(folder)!r})\n"
         "texts = m(['the movie is', 'a good script , good actors'], max_new_tokens=5)\n"
         "print(json.dumps({'texts': texts, 'modules': [n for n in ('torch', 'transformers') if n in sys.modules]}))\n"
@@ -121,3 +121,17 @@ def test_bad_input_raises_clear_errors(saved, tmp_path):
         lean.generate(np.array(PROMPT), attention_mask=np.ones((1, 2)))
     with pytest.raises(ConfigError, match="max_new_tokens"):
         lean.generate(np.array(PROMPT), max_new_tokens=0)
+
+
+def test_generation_benchmark_runs_the_lean_variant_in_a_torch_free_process(tiny_dir):
+    from optimum.quantization.generation_benchmark import GenerationBenchmarkConfig, run_generation_benchmark
+
+    config = GenerationBenchmarkConfig(batch_sizes=[1, 2], prompt_length=4, new_tokens=3, repeats=1, warmup=0, threads=1)
+    result = run_generation_benchmark(str(tiny_dir("text-generation")), ["lean-ort-w8-head"], baseline="lean-ort-w8-head",
+                                      config=config)
+    row = result["variants"][0]
+    assert "error" not in row, row
+    assert row["imported"] == []  # neither torch nor transformers was loaded in the measuring process
+    assert [r["batch_size"] for r in row["latency"]] == [1, 2] and all(r["per_token_ms"] > 0 for r in row["latency"])
+    stages = {s["stage"]: s["rss_bytes"] for s in row["memory_stages"]}
+    assert stages["+ transformers generation"] == pytest.approx(stages["python + optimum.quantization"], abs=5e6)

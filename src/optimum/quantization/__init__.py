@@ -13,6 +13,7 @@ _EXPORTS = {
     "QuantModelForTokenClassification": "modeling",
     "QuantModelForFeatureExtraction": "modeling",
     "QuantModelForCausalLM": "modeling",
+    "LeanCausalLM": "lean_generation",
     "DynamicQuantConfig": "configuration",
     "StaticQuantConfig": "configuration",
     "WeightOnlyQuantConfig": "configuration",
