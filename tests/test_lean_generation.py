@@ -13,7 +13,7 @@ import torch
 
 from optimum.quantization import QuantModelForCausalLM
 from optimum.quantization.errors import ConfigError, ModelNotFoundError
-from optimum.quantization.lean_generation import LeanCausalLM, SamplingSettings, next_tokens
+from optimum.quantization.lean_generation import LeanCausalLM, SamplingSettings, next_tokens, penalized, warped
 
 PROMPT = [[5, 17, 42, 8, 99, 3]]
 
@@ -63,11 +63,13 @@ def test_eos_stops_and_pads_finished_rows(saved):
     stop_at = next((i for i in range(1, len(free)) if free[i] not in free[:i]), 0)
     stopped = lean.generate(np.array(PROMPT), max_new_tokens=8, eos_token_id=free[stop_at])
     assert stopped[0, 6:].tolist() == free[: stop_at + 1]
-    # in a batch, the finished row is padded while the other goes on
-    other = [7, 21, 4, 9, 11, 13]
+    # in a batch, the finished row is padded while a row that never meets this EOS goes on to the limit
+    other = next(p for p in ([7, 21, 4, 9, 11, 13], [8, 30, 2, 14, 60, 5], [40, 41, 42, 43, 44, 45])
+                 if free[stop_at] not in lean.generate(np.array([p]), max_new_tokens=8, eos_token_id=None)[0, 6:].tolist())
+    alone = lean.generate(np.array([other]), max_new_tokens=8, eos_token_id=None)[0]
     batch = lean.generate(np.array([PROMPT[0], other]), max_new_tokens=8, eos_token_id=free[stop_at], pad_token_id=1)
-    if batch.shape[1] > 6 + stop_at + 1:
-        assert set(batch[0, 6 + stop_at + 1:].tolist()) == {1}
+    assert batch.shape[1] == 6 + 8 and batch[1].tolist() == alone.tolist()
+    assert batch[0, 6:].tolist() == free[: stop_at + 1] + [1] * (8 - stop_at - 1)
 
 
 def test_sampling_is_reproducible_under_a_seed_and_top_k_1_is_greedy(saved):
@@ -78,6 +80,42 @@ def test_sampling_is_reproducible_under_a_seed_and_top_k_1_is_greedy(saved):
     assert first.tolist() != lean.generate(np.array(PROMPT), seed=4, **kwargs).tolist()
     greedy = lean.generate(np.array(PROMPT), max_new_tokens=16, eos_token_id=None)
     assert lean.generate(np.array(PROMPT), max_new_tokens=16, eos_token_id=None, do_sample=True, top_k=1, seed=0).tolist() == greedy.tolist()
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, 50, 1.0), (0.7, 5, 0.9), (1.3, 0, 0.5), (1.0, 1, 1.0)])
+def test_penalty_and_filters_equal_transformers(temperature, top_k, top_p):
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (3, 200)).astype(np.float32)  # negative and positive scores
+    generated = rng.integers(0, 200, (3, 12))  # repeated ids included
+    ids, scores = torch.from_numpy(generated), torch.from_numpy(logits)
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    ours = penalized(logits, generated, 1.3)
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-6)
+    for warper in [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + (
+        [TopPLogitsWarper(top_p)] if top_p < 1 else []
+    ):
+        expected = warper(ids, expected)
+    filtered = warped(ours, SamplingSettings(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
+    assert np.array_equal(np.isinf(filtered), np.isinf(expected.numpy()))  # the same tokens removed
+    kept = ~np.isinf(filtered)
+    np.testing.assert_allclose(filtered[kept], expected.numpy()[kept], rtol=1e-5)
+
+
+def test_sampling_defaults_come_from_the_generation_config(saved):
+    lean = LeanCausalLM.from_pretrained(saved("text-generation")[0])
+    greedy = lean.generate(np.array(PROMPT), max_new_tokens=10, eos_token_id=None)
+    lean.generation_config = {**lean.generation_config, "do_sample": True, "top_k": 1}
+    assert lean.generate(np.array(PROMPT), max_new_tokens=10, eos_token_id=None, seed=0).tolist() == greedy.tolist()
+    lean.generation_config["top_k"] = 0
+    sampled = lean.generate(np.array(PROMPT), max_new_tokens=10, eos_token_id=None, seed=0, temperature=5.0)
+    assert sampled.tolist() != greedy.tolist()  # the config's do_sample is honoured; an argument still wins
 
 
 def test_next_tokens_respects_top_p_top_k_and_repetition_penalty():
@@ -117,6 +155,10 @@ def test_bad_input_raises_clear_errors(saved, tmp_path):
         lean.generate(np.array(PROMPT), num_beams=4)
     with pytest.raises(ConfigError, match="Unknown generation option"):
         lean.generate(np.array(PROMPT), typical_p=0.5)
+    with pytest.raises(ConfigError, match="not both"):
+        LeanCausalLM.from_pretrained(saved("text-generation")[0], threads=1, session_options=object())
+    with pytest.raises(ConfigError, match="No prompts"):
+        lean([])
     with pytest.raises(ConfigError, match="attention_mask"):
         lean.generate(np.array(PROMPT), attention_mask=np.ones((1, 2)))
     with pytest.raises(ConfigError, match="max_new_tokens"):

@@ -82,3 +82,50 @@ def test_embeddings_option_is_validated_and_round_trips():
         DynamicQuantConfig(embeddings="per-column")
     config = DynamicQuantConfig(embeddings="per-tensor")
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_caller_session_options_keep_a_value_they_set():
+    import onnxruntime
+
+    from optimum.quantization.backends.ort_embeddings import folding_session_options
+
+    key, value = FOLD_DEQUANTIZE
+    assert folding_session_options().get_session_config_entry(key) == value
+    unset = onnxruntime.SessionOptions()
+    assert folding_session_options(unset) is unset and unset.get_session_config_entry(key) == value
+    chosen = onnxruntime.SessionOptions()
+    chosen.add_session_config_entry(key, "0")
+    assert folding_session_options(chosen).get_session_config_entry(key) == "0"
+
+
+def _embedding_graph(opset: int, node_name: str = "EmbedLayerNorm_0") -> onnx.ModelProto:
+    """A fused embedding op whose word table is also read by a MatMul (a tied head)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    tables = {"word": rng.normal(0, 0.05, (30, 8)), "pos": rng.normal(0, 0.02, (16, 8)), "tok": rng.normal(0, 0.02, (2, 8)),
+              "gamma": np.ones(8), "beta": np.zeros(8)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tables.items()]
+    eln = helper.make_node("EmbedLayerNormalization", ["ids", "segment", "word", "pos", "tok", "gamma", "beta"],
+                           ["hidden", "mask_index"], domain="com.microsoft", name=node_name)
+    head = helper.make_node("MatMul", ["hidden", "word_t"], ["logits"], name="head")
+    transpose = helper.make_node("Transpose", ["word"], ["word_t"], name="tied")
+    graph = helper.make_graph(
+        [eln, transpose, head], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, [1, 4]), helper.make_tensor_value_info("segment", TensorProto.INT32, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 30])], initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_store_tables_per_row_renames_every_reader_and_skips_excluded_nodes_and_old_opsets():
+    from optimum.quantization.backends.ort_embeddings import store_tables_per_row
+
+    model = _embedding_graph(17)
+    assert store_tables_per_row(model) == ["word", "pos"]
+    readers = [list(n.input) for n in model.graph.node if n.name in ("EmbedLayerNorm_0", "tied")]
+    assert readers[0][2:4] == ["word_dequantized", "pos_dequantized"] and readers[1] == ["word_dequantized"]
+    assert [n.op_type for n in model.graph.node[:2]] == ["DequantizeLinear", "DequantizeLinear"]  # before their readers
+    onnx.checker.check_model(model)
+    assert store_tables_per_row(_embedding_graph(17), excluded={"EmbedLayerNorm_0"}) == []
+    assert store_tables_per_row(_embedding_graph(12)) == []  # per-axis DequantizeLinear needs opset 13

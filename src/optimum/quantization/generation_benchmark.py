@@ -202,7 +202,7 @@ def _worker(job_path: str, output_path: str) -> None:
     folder = Path(job["folder"])
     spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
     builder = builder_for(spec)
-    torch_free = getattr(builder, "torch_free", False)
+    torch_free = builder.torch_free
     if not torch_free:
         set_threads(config.threads)
         import torch  # noqa: F401

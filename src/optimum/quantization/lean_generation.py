@@ -10,8 +10,9 @@ that model: peak memory of the process 381 MB, 0.35x of PyTorch FP32's 1,102 MB
 
 It does what serving needs and no more: greedy or sampling (temperature, top-k, top-p), repetition penalty,
 EOS and length stopping, batches with left padding. Greedy decoding gives the same tokens as `generate()` on
-the same ONNX model (tested); sampling draws from numpy's generator, so a seed reproduces this runner's own
-draws, not PyTorch's.
+the same ONNX model, and the penalty and the temperature/top-k/top-p filters equal transformers' (tested);
+their defaults come from transformers and the model's `generation_config.json`, as for `generate()`. Sampling
+draws from numpy's generator, so a seed reproduces this runner's own draws, not PyTorch's.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ PAST_PREFIX = "past_key_values."
 
 @dataclass
 class SamplingSettings:
-    """How the next token is chosen; greedy unless `do_sample`."""
+    """How the next token is chosen; greedy unless `do_sample`. The defaults are transformers' (top-k 50), and
+    a model's `generation_config.json` overrides them as it does for `generate()`."""
 
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 0
+    top_k: int = 50
     top_p: float = 1.0
     repetition_penalty: float = 1.0
 
@@ -49,31 +51,49 @@ class SamplingSettings:
             raise ConfigError(f"`top_p` must be in (0, 1], got {self.top_p!r}.")
 
 
-def next_tokens(logits: np.ndarray, generated: np.ndarray, settings: SamplingSettings, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of `logits` ([batch, vocab]); `generated` holds each row's ids so far."""
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingSettings))
+
+
+def penalized(logits: np.ndarray, generated: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL's repetition penalty on each row's ids so far, as transformers applies it."""
     scores = logits.astype(np.float32, copy=True)
-    if settings.repetition_penalty != 1.0:  # CTRL's penalty, as transformers applies it
+    if penalty != 1.0:
         rows = np.arange(scores.shape[0])[:, None]
         seen = scores[rows, generated]
-        scores[rows, generated] = np.where(seen < 0, seen * settings.repetition_penalty, seen / settings.repetition_penalty)
-    if not settings.do_sample:
-        return scores.argmax(-1)
-    scores /= settings.temperature
+        scores[rows, generated] = np.where(seen < 0, seen * penalty, seen / penalty)
+    return scores
+
+
+def warped(scores: np.ndarray, settings: SamplingSettings) -> np.ndarray:
+    """Temperature, then top-k, then top-p (transformers' order); removed tokens get -inf."""
+    scores = scores / settings.temperature
     if settings.top_k and settings.top_k < scores.shape[-1]:
         kth = np.partition(scores, -settings.top_k, axis=-1)[:, -settings.top_k][:, None]
         scores = np.where(scores < kth, -np.inf, scores)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
     if settings.top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)
+        probs = _softmax(scores)
+        order = np.argsort(-probs, axis=-1, kind="stable")
         sorted_probs = np.take_along_axis(probs, order, -1)
         # keep the smallest set whose mass reaches top_p: a token stays if the mass before it is below top_p
         keep_sorted = (np.cumsum(sorted_probs, -1) - sorted_probs) < settings.top_p
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, -1)
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs])
+        scores = np.where(keep, scores, -np.inf)
+    return scores
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def next_tokens(logits: np.ndarray, generated: np.ndarray, settings: SamplingSettings, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of `logits` ([batch, vocab]); `generated` holds each row's ids so far."""
+    scores = penalized(logits, generated, settings.repetition_penalty)
+    if not settings.do_sample:
+        return scores.argmax(-1).astype(np.int64)
+    probs = _softmax(warped(scores, settings))
+    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
 
 
 class LeanCausalLM:
@@ -87,9 +107,12 @@ class LeanCausalLM:
             raise ConfigError("This ONNX model has no past_key_values inputs: export it with the KV cache (text-generation-with-past).")
         self.past_names = [i.name for i in past]
         self.present_names = [n.replace(PAST_PREFIX, "present.") for n in self.past_names]
-        _, heads, _, head_size = past[0].shape
-        self.kv_heads, self.head_size = int(heads), int(head_size)
-        self.cache_type = np.float16 if past[0].type == "tensor(float16)" else np.float32
+        shape, cache_types = past[0].shape, {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        if len(shape) != 4 or not all(isinstance(d, int) for d in (shape[1], shape[3])) or past[0].type not in cache_types:
+            raise ConfigError(f"Unsupported KV cache input {past[0].name}: {past[0].type} {shape}; this runner takes "
+                              "float/float16 caches shaped [batch, heads, past_length, head_size].")
+        self.kv_heads, self.head_size = shape[1], shape[3]
+        self.cache_type = cache_types[past[0].type]
         self.generation_config = generation_config or {}
         self.tokenizer = tokenizer
 
@@ -98,6 +121,8 @@ class LeanCausalLM:
         """Load `model.onnx` (and `generation_config.json`, `tokenizer.json` when present) from a saved folder."""
         import onnxruntime
 
+        if threads is not None and session_options is not None:
+            raise ConfigError("Pass `threads` or `session_options`, not both (set intra_op_num_threads on your options).")
         folder = Path(folder)
         if not (folder / MODEL_FILE).is_file():
             raise ModelNotFoundError(f"No {MODEL_FILE} in {folder}: save a causal LM with backend='onnxruntime' first.")
@@ -137,12 +162,13 @@ class LeanCausalLM:
         """
         if num_beams != 1:
             raise ConfigError(f"Beam search is not supported by this runner (num_beams={num_beams!r}); use generate().")
-        unknown = set(sampling) - {f.name for f in dataclasses.fields(SamplingSettings)}
+        unknown = set(sampling) - set(SAMPLING_FIELDS)
         if unknown:
             raise ConfigError(f"Unknown generation option(s) {sorted(unknown)}: this runner takes max_new_tokens, "
                               "eos_token_id, pad_token_id, seed, num_beams=1, do_sample, temperature, top_k, top_p, "
                               "repetition_penalty.")
-        settings = SamplingSettings(**sampling)
+        defaults = {k: self.generation_config[k] for k in SAMPLING_FIELDS if self.generation_config.get(k) is not None}
+        settings = SamplingSettings(**{**defaults, **sampling})
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ConfigError(f"`input_ids` must be [batch, length] with length >= 1, got shape {ids.shape}.")
@@ -152,6 +178,8 @@ class LeanCausalLM:
         if mask.shape != ids.shape:
             raise ConfigError(f"`attention_mask` shape {mask.shape} differs from `input_ids` shape {ids.shape}.")
         eos = self._eos_ids(eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = self.generation_config.get("pad_token_id")
         pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
         rng = np.random.default_rng(seed)
         batch = ids.shape[0]
@@ -186,6 +214,9 @@ class LeanCausalLM:
         if self.tokenizer is None:
             raise ConfigError("No tokenizer.json beside the model: pass ids to generate() instead.")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ConfigError("No prompts given.")
+        self.tokenizer.no_padding()  # we pad on the left ourselves
         encoded = [self.tokenizer.encode(p).ids for p in prompts]
         width = max(len(e) for e in encoded)
         pad = self._eos_ids("default")[0] if self._eos_ids("default") else 0

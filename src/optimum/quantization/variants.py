@@ -55,6 +55,7 @@ class VariantBuilder:
 
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the builder needs
     extra: ClassVar[str] = ""  # the pip extra that provides them
+    torch_free: ClassVar[bool] = False  # its model runs in a process that imports neither torch nor transformers
 
     def check_available(self) -> None:
         import importlib.util

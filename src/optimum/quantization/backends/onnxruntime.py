@@ -36,7 +36,7 @@ from .ort_pair_safe import make_pair_safe
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .generate_threads import RuntimeGenerateThreadsMixin
 from .ort_kv_buffers import PreallocatedKVBindingMixin
-from .ort_embeddings import EMBEDDING_OP, FOLD_DEQUANTIZE, store_tables_per_row
+from .ort_embeddings import EMBEDDING_OP, folding_session_options, has_per_row_tables, store_tables_per_row
 
 logger = logging.getLogger(__name__)
 
@@ -238,10 +238,7 @@ class OnnxRuntimeBackend(Backend):
             # Explicit, so the choice is ours and measured (see CAUSAL_LM_IO_BINDING_DEFAULT), not optimum's.
             load_kwargs.setdefault("use_io_binding", CAUSAL_LM_IO_BINDING_DEFAULT)
         if recipe.details.get("per_row_tables"):
-            # Without it every run dequantizes the tables again (see ort_embeddings).
-            options = load_kwargs.get("session_options") or onnxruntime.SessionOptions()
-            options.add_session_config_entry(*FOLD_DEQUANTIZE)
-            load_kwargs["session_options"] = options
+            load_kwargs["session_options"] = folding_session_options(load_kwargs.get("session_options"))
         model = cls.from_pretrained(path, file_name=MODEL_FILE, **load_kwargs)
         model.quantization_recipe = recipe
         return model
@@ -265,7 +262,7 @@ class OnnxRuntimeBackend(Backend):
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
             raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
         reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
-        per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types
+        per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types and has_per_row_tables(graph)
         quantize_dynamic(
             src,
             dst,

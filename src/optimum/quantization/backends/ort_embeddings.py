@@ -14,16 +14,46 @@ A plain ONNX Runtime session without it gives the same outputs but dequantizes t
 
 from __future__ import annotations
 
+import logging
 from typing import Collection
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import QuantizationError
+
 EMBEDDING_OP = "EmbedLayerNormalization"
 # Inputs 2 and 3 are the word and position tables; token types (2 rows) and gamma/beta (one row) stay FP32.
 TABLE_INPUTS = (2, 3)
 FOLD_DEQUANTIZE = ("session.disable_quant_qdq", "1")
+PER_AXIS_DEQUANTIZE_OPSET = 13
+
+logger = logging.getLogger(__name__)
+
+
+def has_per_row_tables(model: onnx.ModelProto) -> bool:
+    """Whether `store_tables_per_row` can rewrite this graph: a fused embedding op and per-axis DequantizeLinear."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return opset >= PER_AXIS_DEQUANTIZE_OPSET and any(n.op_type == EMBEDDING_OP for n in model.graph.node)
+
+
+def folding_session_options(options=None):
+    """Session options with FOLD_DEQUANTIZE: new ones, or the caller's with the entry added where they left it
+    unset (a value they set is kept). SessionOptions cannot be copied, so the caller's object gains the entry."""
+    import onnxruntime
+
+    if options is None:
+        options = onnxruntime.SessionOptions()
+    key, value = FOLD_DEQUANTIZE
+    try:
+        options.get_session_config_entry(key)
+        return options  # set by the caller: theirs to choose
+    except RuntimeError:  # not set
+        pass
+    options.add_session_config_entry(key, value)
+    logger.info("Added %s=%s to the given SessionOptions so ONNX Runtime folds the per-row embedding tables once.", key, value)
+    return options
 
 
 def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,10 +70,11 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def store_tables_per_row(model: onnx.ModelProto, excluded: Collection[str] = ()) -> list[str]:
     """Rewrite in place every FP32 word/position table of the not-excluded `EmbedLayerNormalization` nodes as
     per-row u8 read through `DequantizeLinear`; returns the names of the tables rewritten."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:  # per-axis DequantizeLinear is opset 13
+    if not has_per_row_tables(model):
         return []
     graph = model.graph
+    taken = {name for node in graph.node for name in (*node.output, node.name)} | {i.name for i in graph.initializer}
+    graph_inputs = {i.name: i for i in graph.input}
     initializers = {init.name: init for init in graph.initializer}
     rewritten, dequantize_nodes = [], []
     for node in graph.node:
@@ -54,8 +85,14 @@ def store_tables_per_row(model: onnx.ModelProto, excluded: Collection[str] = ())
             init = initializers.get(name)
             if init is None or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2:
                 continue
+            new_names = [f"{name}_per_row_{part}" for part in ("quantized", "scale", "zero_point")]
+            new_names += [f"{name}_dequantized", f"{name}_DequantizeLinear"]
+            if taken & set(new_names):
+                raise QuantizationError(f"Cannot store {name} per row: the graph already uses one of {new_names}.")
             quantized, scale, zero_point = quantize_rows(numpy_helper.to_array(init))
             graph.initializer.remove(init)
+            if name in graph_inputs:  # older IR versions list initializers as graph inputs too
+                graph.input.remove(graph_inputs.pop(name))
             del initializers[name]
             graph.initializer.extend([
                 numpy_helper.from_array(quantized, f"{name}_per_row_quantized"),
