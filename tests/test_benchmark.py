@@ -136,6 +136,10 @@ def test_merge_rounds_takes_medians_per_shape():
     row = merged["latency"][0]
     assert (row["p50_ms"], row["p99_ms"], row["calls"]) == (12.0, 14.0, 15)
     assert row["throughput_per_s"] == pytest.approx(2e3 / 12.0)
+    assert "inference_precision" not in merged
+    # What the runtime decided (OpenVINO's bf16 on AMX CPUs) is the same every round: it survives the merge.
+    rounds = [{**measured(10.0, 1.0), "inference_precision": "bf16"} for _ in range(2)]
+    assert merge_rounds(rounds)["inference_precision"] == "bf16"
 
 
 def test_alternating_rounds_reverse_every_other_pass():

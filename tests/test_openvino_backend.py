@@ -210,6 +210,25 @@ def test_benchmark_variant_ov_int8_auto_times_with_the_benchmark_threads_and_rep
     assert seen[0]["ov_config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     assert row["precision"]["chosen"] == "fp32" and row["precision"]["requested"] == "auto"
     assert '- `ov-int8-auto`: precision="auto" stored **fp32**: measured fastest' in evaluation_markdown(result)
+    # The FP32 IR computes in bf16 where the CPU plugin can (AMX/AVX512-BF16): the row and the report say which.
+    import openvino as ov
+
+    expected = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    assert row["inference_precision"] == expected
+    assert ("OpenVINO computed in **bf16**" in evaluation_markdown(result)) == (expected == "bf16")
+
+
+def test_inference_precision_reads_the_compiled_model(static_classifier, tmp_path):
+    _, model, _ = static_classifier
+    assert openvino_precision.inference_precision(model) == str(
+        model.request.get_property("INFERENCE_PRECISION_HINT").to_string()
+    )
+    model.save_pretrained(tmp_path / "saved")
+    forced = QuantModelForSequenceClassification.from_pretrained(
+        tmp_path / "saved", ov_config={"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    assert openvino_precision.inference_precision(forced) == "f32"
+    assert openvino_precision.inference_precision(object()) is None  # not an OpenVINO model: nothing recorded
 
 
 def test_pick_fastest_prefers_the_smaller_file_within_the_margin():

@@ -40,6 +40,7 @@ from .variants import (
     load_variant,
     parse_variants,
     prepare_source,
+    runtime_details,
 )
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def _worker(job_path: str, output_path: str) -> None:
     cold_start_s = time.time() - job["spawned_at"]
     latency = latency_sweep(model, job["vocab_size"], job["input_names"], config)
     result = {
+        **runtime_details(Path(job["folder"]), model),
         "load_s": load_s,
         "cold_start_s": cold_start_s,
         "cold_start_shape": list(first_shape),
@@ -196,7 +198,9 @@ def merge_rounds(rounds: list[dict]) -> dict:
         row["calls"] = sum(r["calls"] for r in shape_rows)
         row["throughput_per_s"] = 1e3 * row["batch_size"] / row["p50_ms"]
         latency.append(row)
-    return {**merged, "cold_start_shape": rounds[0]["cold_start_shape"], "latency": latency, "rounds": len(rounds)}
+    details = {key: rounds[0][key] for key in ("inference_precision",) if key in rounds[0]}
+    return {**merged, **details, "cold_start_shape": rounds[0]["cold_start_shape"], "latency": latency,
+            "rounds": len(rounds)}
 
 
 def stored_precision(folder: Path) -> dict:
@@ -353,7 +357,8 @@ def run_evaluation(
             model = load_variant(folder, task, threads=threads)
             scored, predictions = _score(model, tokenizer, task, data)
             row = {"name": spec.name, "spec": spec.to_dict(), "metrics": scored,
-                   "size_bytes": weights_size_bytes(folder), **stored_precision(folder)}
+                   "size_bytes": weights_size_bytes(folder), **stored_precision(folder),
+                   **runtime_details(folder, model)}
             if spec.name == baseline:
                 reference = predictions
             elif reference is not None:

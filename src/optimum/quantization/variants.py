@@ -72,6 +72,11 @@ class VariantBuilder:
     def load(self, spec: VariantSpec, folder: Path, task: str, threads: int | None):
         raise NotImplementedError
 
+    def runtime_details(self, model) -> dict:
+        """What the runtime decided when it loaded `model` and a report should show (e.g. OpenVINO running an
+        FP32 IR in bf16 on AMX CPUs); {} when nothing is worth recording."""
+        return {}
+
 
 VARIANT_KINDS: dict[str, VariantBuilder] = {}
 
@@ -204,8 +209,19 @@ def _ov_config(threads: int | None) -> dict:
     return {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
 
 
+class OpenVINORuntimeDetails:
+    """Records the compiled model's inference precision: on CPUs with AMX/AVX512-BF16 OpenVINO runs an FP32 IR
+    in bf16 unless told otherwise, which a row named "fp32" must say."""
+
+    def runtime_details(self, model) -> dict:
+        from .backends.openvino_precision import inference_precision
+
+        precision = inference_precision(model)
+        return {"inference_precision": precision} if precision else {}
+
+
 @register_variant_kind("openvino")
-class OpenVINOQuantized(OurQuantized):
+class OpenVINOQuantized(OpenVINORuntimeDetails, OurQuantized):
     """Ours on OpenVINO: options {quantize, precision} (precision "auto", "int8" or "int8-weights")."""
 
     requires = ("openvino", "nncf", "optimum.intel")
@@ -229,7 +245,7 @@ class OpenVINOQuantized(OurQuantized):
 
 
 @register_variant_kind("optimum-intel-ovquantizer")
-class OptimumIntelOVQuantizer(VariantBuilder):
+class OptimumIntelOVQuantizer(OpenVINORuntimeDetails, VariantBuilder):
     """optimum-intel's `OVQuantizer` with its default `OVQuantizationConfig()` (static INT8), fed our calibration data."""
 
     requires = ("openvino", "nncf", "optimum.intel")
@@ -363,9 +379,17 @@ def build_variant(spec: VariantSpec, context: BuildContext, folder: Path) -> Pat
     return folder
 
 
+def _stored_spec(folder: Path) -> VariantSpec:
+    return VariantSpec.from_dict(json.loads((Path(folder) / SPEC_FILE).read_text(encoding="utf-8")))
+
+
 def load_variant(folder: Path, task: str, threads: int | None = None):
     """Load a built variant folder (in this process) as a model callable like a transformers model."""
-    folder = Path(folder)
-    spec = VariantSpec.from_dict(json.loads((folder / SPEC_FILE).read_text(encoding="utf-8")))
-    return builder_for(spec).load(spec, folder, task, threads)
+    spec = _stored_spec(folder)
+    return builder_for(spec).load(spec, Path(folder), task, threads)
+
+
+def runtime_details(folder: Path, model) -> dict:
+    """The builder's `runtime_details` of a model loaded from a built variant folder."""
+    return builder_for(_stored_spec(folder)).runtime_details(model)
 

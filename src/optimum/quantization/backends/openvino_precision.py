@@ -72,6 +72,18 @@ def _inference(request: ov.InferRequest, feeds):
     return call
 
 
+def inference_precision(model) -> str | None:
+    """The precision a loaded optimum-intel model's compiled OpenVINO model computes in (e.g. "bf16"), or None.
+
+    optimum-intel keeps a `CompiledModel` in `request` (encoders) or `compiled_model` (decoders)."""
+    compiled = getattr(model, "compiled_model", None) or getattr(model, "request", None)
+    if isinstance(compiled, ov.InferRequest):
+        compiled = compiled.get_compiled_model()
+    if not isinstance(compiled, ov.CompiledModel):
+        return None
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+
+
 def choose_by_measurement(
     models: Mapping[str, ov.Model], feeds: Sequence[dict], sizes: Mapping[str, int], load_kwargs: Mapping,
     isa: Sequence[str],

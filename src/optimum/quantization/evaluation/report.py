@@ -100,6 +100,9 @@ def precision_notes(variants: list[dict]) -> list[str]:
     """What a measured precision choice (OpenVINO's precision="auto") stored for each variant, and why."""
     notes = [f"- `{v['name']}`: precision=\"auto\" stored **{v['precision']['chosen']}**: {v['precision']['reason']}."
              for v in variants if (v.get("precision") or {}).get("requested") == "auto"]
+    notes += [f"- `{v['name']}`: OpenVINO computed in **{v['inference_precision']}** (its inference precision on this "
+              "CPU; FP32 IRs run in bf16 on AMX/AVX512-BF16 CPUs unless INFERENCE_PRECISION_HINT says f32)."
+              for v in variants if v.get("inference_precision") not in (None, "f32")]
     return ["", *notes] if notes else []
 
 
