@@ -34,6 +34,7 @@ VARIANTS = [
     "optimum-avx512_vnni",
 ]
 AGREEMENT_SENTENCES = 5000
+CALIBRATION_SENTENCES = 128  # the unseen sentences right after the agreement set calibrate static variants
 
 
 def unseen_train_sentences(count: int) -> list[str]:
@@ -53,20 +54,35 @@ def calibration_file(lines: list[str], suffix: str) -> Path:
     return Path(file.name)
 
 
-def sst2(variants, threads: int | None) -> dict:
+def agreement_sentences(start: int, count: int) -> list[str]:
+    """Unseen sentences [start, start + count): the default set, or a second set after the calibration sentences
+    (to check a choice made on the first set on sentences it was not made on)."""
+    first_free = AGREEMENT_SENTENCES + CALIBRATION_SENTENCES
+    if start != 0 and start < first_free:
+        raise SystemExit(f"--unlabelled-start must be 0 or >= {first_free} (sentences before it are the default "
+                         "agreement set and the calibration sentences)")
+    sentences = unseen_train_sentences(start + count)[start:]
+    if len(sentences) < count:
+        raise SystemExit(f"only {len(sentences)} unseen sentences from {start}; asked for {count}")
+    return sentences
+
+
+def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES) -> dict:
     model = finetune.sst2_classifier()
     dev_texts, dev_labels = finetune.load_sst2("dev")
-    calibration_texts = unseen_train_sentences(AGREEMENT_SENTENCES + 128)[AGREEMENT_SENTENCES:]
+    unlabelled = agreement_sentences(unlabelled_start, unlabelled_count)
+    calibration_texts = unseen_train_sentences(AGREEMENT_SENTENCES + CALIBRATION_SENTENCES)[AGREEMENT_SENTENCES:]
     calibration = calibration_file(calibration_texts, ".txt")
     labelled = run_evaluation(
         str(model), "text-classification", {"texts": dev_texts, "labels": dev_labels}, variants,
         baseline="pytorch-fp32", calibration_data=calibration, threads=threads,
         data_description="GLUE SST-2 dev (872 sentences)",
     )
+    where = f" (unseen sentences {unlabelled_start}-{unlabelled_start + unlabelled_count - 1})" if unlabelled_start else ""
     unlabelled = run_evaluation(
-        str(model), "text-classification", {"texts": unseen_train_sentences(AGREEMENT_SENTENCES), "labels": None},
+        str(model), "text-classification", {"texts": unlabelled, "labels": None},
         variants, baseline="pytorch-fp32", calibration_data=calibration, threads=threads,
-        data_description=f"{AGREEMENT_SENTENCES} SST-2 train sentences unseen in fine-tuning (agreement only)",
+        data_description=f"{unlabelled_count} SST-2 train sentences unseen in fine-tuning{where} (agreement only)",
     )
     for row, other in zip(labelled["variants"], unlabelled["variants"]):
         if "agreement" in other:
@@ -100,9 +116,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="SQuAD: first N held-out questions only")
     parser.add_argument("--name", help="results file stem (default: BENCHMARK_accuracy)")
+    parser.add_argument("--unlabelled-start", type=int, default=0,
+                        help=f"SST-2: first unseen sentence of the agreement set (0, or >= "
+                             f"{AGREEMENT_SENTENCES + CALIBRATION_SENTENCES} for a second, disjoint set)")
+    parser.add_argument("--unlabelled-count", type=int, default=AGREEMENT_SENTENCES)
     args = parser.parse_args()
     if args.benchmark == "sst2":
-        result = sst2(args.variants, args.threads)
+        result = sst2(args.variants, args.threads, args.unlabelled_start, args.unlabelled_count)
     else:
         result = squad(args.variants, args.threads, args.limit)
     write_reports(result, RESULTS, args.name or f"{args.benchmark}_accuracy")
