@@ -419,7 +419,10 @@ def test_openvino_ir_holds_int8_fake_quantize_and_matches(tmp_path):
     assert len(fake_quantize) >= 13 + 4 and all(int(op.get_attributes()["levels"]) == 256 for op in fake_quantize)
     # The IR's numerics, compared with FakeQuantize evaluated as written (low-precision transformations off): OpenVINO's
     # INT8 kernels on CPUs without VNNI sum u8 x s8 products in saturating 16-bit adds, which this random model trips.
-    compiled = ov.Core().compile_model(ir, "CPU", {"LP_TRANSFORMS_MODE": False, "INFERENCE_PRECISION_HINT": "f32"})
+    # On AVX-512 CPUs the plugin also quantizes f32 FullyConnected inputs on the fly unless the group size is 0.
+    compiled = ov.Core().compile_model(
+        ir, "CPU", {"LP_TRANSFORMS_MODE": False, "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+    )
     inputs = {i.get_any_name(): batch.get(i.get_any_name(), torch.zeros_like(batch["input_ids"])).numpy() for i in compiled.inputs}
     logits = compiled(inputs)[compiled.output("logits")]
     assert np.abs(logits - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
