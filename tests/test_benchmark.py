@@ -109,6 +109,7 @@ def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
         assert len(variant["latency"]) == 4 and variant["cold_start_s"] > variant["load_s"] > 0
         # VmHWM of the worker itself: a fresh interpreter with torch, far below the parent's build peak
         assert 50e6 < variant["peak_rss_bytes"] < 4e9 and variant["load_average_1m"] >= 0
+        assert "inference_precision" not in variant  # recorded for OpenVINO rows only
     assert by_name["ort-int8-dynamic"]["size_bytes"] < 0.35 * by_name["ort-fp32-fused"]["size_bytes"]
     ratios = speedups(result, 1, 32)
     assert ratios["ort-fp32-fused"] == 1.0 and set(ratios) == {"pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"}

@@ -209,8 +209,10 @@ def test_benchmark_variant_ov_int8_auto_times_with_the_benchmark_threads_and_rep
     monkeypatch.setattr(openvino_precision, "time_candidates", forced_timing("fp32", seen))
     threads = torch.get_num_threads()  # run_evaluation sets torch's threads: keep them as they are for later tests
     result = run_evaluation(str(tiny_dir("text-classification")), "text-classification",
-                            {"texts": SENTENCES, "labels": None}, variants=["ov-int8-auto"], threads=threads)
-    (row,) = result["variants"]
+                            {"texts": SENTENCES, "labels": None}, variants=["ov-int8-auto", "mine=openvino:static"],
+                            threads=threads)
+    row, mine = result["variants"]
+    assert "error" not in mine and "inference_precision" in mine  # `NAME=openvino:...` rows record it too
     assert "error" not in row, row
     assert seen[0]["ov_config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     assert row["precision"]["chosen"] == "fp32" and row["precision"]["requested"] == "auto"

@@ -72,7 +72,7 @@ class VariantBuilder:
     def load(self, spec: VariantSpec, folder: Path, task: str, threads: int | None):
         raise NotImplementedError
 
-    def runtime_details(self, model) -> dict:
+    def runtime_details(self, spec: VariantSpec, model) -> dict:
         """What the runtime decided when it loaded `model` and a report should show (e.g. OpenVINO running an
         FP32 IR in bf16 on AMX CPUs); {} when nothing is worth recording."""
         return {}
@@ -123,8 +123,21 @@ class PyTorchFP32(VariantBuilder):
         return _transformers_class(task).from_pretrained(folder).eval()
 
 
+class OpenVINORuntimeDetails:
+    """Records the compiled model's inference precision: on CPUs with AMX/AVX512-BF16 OpenVINO runs an FP32 IR
+    in bf16 unless told otherwise, which a row named "fp32" must say."""
+
+    def runtime_details(self, spec, model) -> dict:
+        if spec.options.get("backend", "openvino") != "openvino":  # `NAME=BACKEND:...` variants of other backends
+            return {}
+        from .backends.openvino_precision import inference_precision
+
+        precision = inference_precision(model)
+        return {"inference_precision": precision} if precision else {}
+
+
 @register_variant_kind("quantized")
-class OurQuantized(VariantBuilder):
+class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
     """`QuantModelFor<Task>.from_pretrained(..., backend=, quantize=)`: options {backend, quantize}."""
 
     def build(self, spec, context, folder):
@@ -209,19 +222,8 @@ def _ov_config(threads: int | None) -> dict:
     return {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
 
 
-class OpenVINORuntimeDetails:
-    """Records the compiled model's inference precision: on CPUs with AMX/AVX512-BF16 OpenVINO runs an FP32 IR
-    in bf16 unless told otherwise, which a row named "fp32" must say."""
-
-    def runtime_details(self, model) -> dict:
-        from .backends.openvino_precision import inference_precision
-
-        precision = inference_precision(model)
-        return {"inference_precision": precision} if precision else {}
-
-
 @register_variant_kind("openvino")
-class OpenVINOQuantized(OpenVINORuntimeDetails, OurQuantized):
+class OpenVINOQuantized(OurQuantized):
     """Ours on OpenVINO: options {quantize, precision} (precision "auto", "int8" or "int8-weights")."""
 
     requires = ("openvino", "nncf", "optimum.intel")
@@ -299,6 +301,8 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ov-int8-nncf", "openvino", {"quantize": "static", "precision": "int8"}),
         VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
+        VariantSpec("ov-int8-symmetric", "openvino", {"quantize": {"_type": "StaticQuantConfig", "_version": 1,
+                                                                  "_data": {"symmetric": True}}, "precision": "int8"}),
         VariantSpec("ov-w8", "openvino", {"quantize": "w8"}),
         VariantSpec("ov-w4", "openvino", {"quantize": "w4"}),
         VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
@@ -391,5 +395,6 @@ def load_variant(folder: Path, task: str, threads: int | None = None):
 
 def runtime_details(folder: Path, model) -> dict:
     """The builder's `runtime_details` of a model loaded from a built variant folder."""
-    return builder_for(_stored_spec(folder)).runtime_details(model)
+    spec = _stored_spec(folder)
+    return builder_for(spec).runtime_details(spec, model)
 
