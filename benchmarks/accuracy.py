@@ -54,14 +54,14 @@ def calibration_file(lines: list[str], suffix: str) -> Path:
     return Path(file.name)
 
 
-def agreement_sentences(start: int, count: int) -> list[str]:
-    """Unseen sentences [start, start + count): the default set, or a second set after the calibration sentences
+def agreement_sentences(unseen: list[str], start: int, count: int) -> list[str]:
+    """`unseen` [start, start + count): the default set, or a second set after the calibration sentences
     (to check a choice made on the first set on sentences it was not made on)."""
     first_free = AGREEMENT_SENTENCES + CALIBRATION_SENTENCES
     if start != 0 and start < first_free:
         raise SystemExit(f"--unlabelled-start must be 0 or >= {first_free} (sentences before it are the default "
                          "agreement set and the calibration sentences)")
-    sentences = unseen_train_sentences(start + count)[start:]
+    sentences = unseen[start:start + count]
     if len(sentences) < count:
         raise SystemExit(f"only {len(sentences)} unseen sentences from {start}; asked for {count}")
     return sentences
@@ -70,9 +70,9 @@ def agreement_sentences(start: int, count: int) -> list[str]:
 def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES) -> dict:
     model = finetune.sst2_classifier()
     dev_texts, dev_labels = finetune.load_sst2("dev")
-    unlabelled = agreement_sentences(unlabelled_start, unlabelled_count)
-    calibration_texts = unseen_train_sentences(AGREEMENT_SENTENCES + CALIBRATION_SENTENCES)[AGREEMENT_SENTENCES:]
-    calibration = calibration_file(calibration_texts, ".txt")
+    unseen = unseen_train_sentences(max(unlabelled_start + unlabelled_count, AGREEMENT_SENTENCES + CALIBRATION_SENTENCES))
+    unlabelled = agreement_sentences(unseen, unlabelled_start, unlabelled_count)
+    calibration = calibration_file(unseen[AGREEMENT_SENTENCES:AGREEMENT_SENTENCES + CALIBRATION_SENTENCES], ".txt")
     labelled = run_evaluation(
         str(model), "text-classification", {"texts": dev_texts, "labels": dev_labels}, variants,
         baseline="pytorch-fp32", calibration_data=calibration, threads=threads,

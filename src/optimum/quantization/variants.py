@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .configuration import config_from_dict
+from .configuration import StaticQuantConfig, config_from_dict
 from .errors import BackendUnavailableError, ConfigError, unknown_name
 from .modeling import QUANT_MODEL_CLASSES
 from .recipe import RECIPE_FILE, QuantizationRecipe
@@ -127,8 +127,11 @@ class OpenVINORuntimeDetails:
     """Records the compiled model's inference precision: on CPUs with AMX/AVX512-BF16 OpenVINO runs an FP32 IR
     in bf16 unless told otherwise, which a row named "fp32" must say."""
 
+    def runs_on_openvino(self, spec: VariantSpec) -> bool:
+        return True
+
     def runtime_details(self, spec, model) -> dict:
-        if spec.options.get("backend", "openvino") != "openvino":  # `NAME=BACKEND:...` variants of other backends
+        if not self.runs_on_openvino(spec):  # never import openvino into another backend's worker
             return {}
         from .backends.openvino_precision import inference_precision
 
@@ -140,18 +143,25 @@ class OpenVINORuntimeDetails:
 class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
     """`QuantModelFor<Task>.from_pretrained(..., backend=, quantize=)`: options {backend, quantize}."""
 
+    @staticmethod
+    def backend_of(spec: VariantSpec) -> str:
+        return spec.options.get("backend", "onnxruntime")
+
+    def runs_on_openvino(self, spec):
+        return self.backend_of(spec) == "openvino"
+
     def build(self, spec, context, folder):
         quantize = spec.options.get("quantize")
         model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
             str(context.source_dir),
-            backend=spec.options.get("backend", "onnxruntime"),
+            backend=self.backend_of(spec),
             quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
             calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
         )
         model.save_pretrained(folder)
 
     def load(self, spec, folder, task, threads):
-        backend = spec.options.get("backend", "onnxruntime")
+        backend = self.backend_of(spec)
         kwargs = {}
         if backend in ("onnxruntime", "onnxruntime-openvino") and threads is not None:
             kwargs["session_options"] = _ort_session_options(threads)
@@ -229,12 +239,16 @@ class OpenVINOQuantized(OurQuantized):
     requires = ("openvino", "nncf", "optimum.intel")
     extra = "openvino,nncf"
 
+    @staticmethod
+    def backend_of(spec):
+        return "openvino"
+
     def build(self, spec, context, folder):
         quantize = spec.options.get("quantize")
         extra = {"precision": spec.options["precision"]} if "precision" in spec.options else {}
         model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
             str(context.source_dir),
-            backend="openvino",
+            backend=self.backend_of(spec),
             quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
             calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
             ov_config=_ov_config(context.threads),  # precision="auto" times its candidates as they will be loaded
@@ -301,8 +315,8 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ov-int8-nncf", "openvino", {"quantize": "static", "precision": "int8"}),
         VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
-        VariantSpec("ov-int8-symmetric", "openvino", {"quantize": {"_type": "StaticQuantConfig", "_version": 1,
-                                                                  "_data": {"symmetric": True}}, "precision": "int8"}),
+        VariantSpec("ov-int8-symmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=True).to_dict(),
+                                                      "precision": "int8"}),
         VariantSpec("ov-w8", "openvino", {"quantize": "w8"}),
         VariantSpec("ov-w4", "openvino", {"quantize": "w4"}),
         VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
