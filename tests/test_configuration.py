@@ -314,6 +314,22 @@ def test_good_reduce_range(value):
     assert DynamicQuantConfig(reduce_range=value).reduce_range == value
 
 
+def test_static_symmetric_auto_takes_the_backend_default():
+    config = StaticQuantConfig()
+    assert config.symmetric == "auto"
+    assert config.symmetric_activations(True) is True and config.symmetric_activations(False) is False
+    for explicit in (True, False):
+        assert StaticQuantConfig(symmetric=explicit).symmetric_activations(not explicit) is explicit
+    _assert_round_trips(config)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None, "AUTO"])
+def test_bad_static_symmetric(value):
+    with pytest.raises(ConfigError, match="symmetric") as info:
+        StaticQuantConfig(symmetric=value)
+    assert "'auto'" in str(info.value)
+
+
 @pytest.mark.parametrize("cls", [DynamicQuantConfig, StaticQuantConfig])
 def test_exclude_as_plain_string_is_refused(cls):
     with pytest.raises(ConfigError, match="list of strings"):

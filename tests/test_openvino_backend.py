@@ -104,6 +104,33 @@ def test_static_int8_ir_and_kernels_are_int8_and_match_fp32(static_classifier, t
     assert any(k.startswith("FullyConnected") and k.split()[1] in ("i8", "u8") for k in kernels), kernels
 
 
+def activation_ranges(model) -> list[tuple[float, float]]:
+    """(input_low, input_high) of every FakeQuantize on an activation (not on a constant weight)."""
+    ranges = []
+    for op in model.get_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
+            ranges.append((float(low.min()), float(high.max())))
+    return ranges
+
+
+def test_static_activations_are_symmetric_by_default(static_classifier, tiny_dir, monkeypatch):
+    """symmetric="auto" on OpenVINO is NNCF's performance preset: every activation range is centred on zero (or
+    starts at zero, for a non-negative tensor); symmetric=False (the mixed preset) has shifted ranges."""
+    _, model, _ = static_classifier
+    assert model.quantization_recipe.details["preset"] == "performance"
+    ranges = activation_ranges(model.model)
+    assert ranges and all(low == 0 or np.isclose(-low / high, 128 / 127, rtol=1e-3) for low, high in ranges), ranges
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
+    asymmetric = QuantModelForSequenceClassification.from_pretrained(
+        tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(symmetric=False),
+        calibration_dataset=SENTENCES, precision="int8",
+    )
+    assert asymmetric.quantization_recipe.details["preset"] == "mixed"
+    assert any(low != 0 and not np.isclose(-low / high, 128 / 127, rtol=1e-3)
+               for low, high in activation_ranges(asymmetric.model))
+
+
 def test_static_round_trip_and_pipeline(static_classifier, tmp_path):
     folder, model, _ = static_classifier
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

@@ -317,6 +317,9 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
         VariantSpec("ov-int8-symmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=True).to_dict(),
                                                       "precision": "int8"}),
+        # NNCF's mixed preset, our OpenVINO static default before symmetric="auto" (and optimum-intel's scheme).
+        VariantSpec("ov-int8-asymmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=False).to_dict(),
+                                                       "precision": "int8"}),
         VariantSpec("ov-w8", "openvino", {"quantize": "w8"}),
         VariantSpec("ov-w4", "openvino", {"quantize": "w4"}),
         VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
