@@ -186,6 +186,30 @@ def test_run_evaluation_classification_against_labels(tiny_dir):
     assert "Δ accuracy" in markdown and "same prediction" in markdown
 
 
+def test_run_evaluation_scores_an_unlabelled_set_on_the_same_built_models(tiny_dir, monkeypatch):
+    from optimum.quantization import side_by_side
+
+    builds = []
+    real_build_all = side_by_side.build_all
+    monkeypatch.setattr(side_by_side, "build_all", lambda *a: builds.append(1) or real_build_all(*a))
+    labels = [i % 3 for i in range(len(SENTENCES))]
+    unlabelled = [s.upper() for s in SENTENCES] + SENTENCES[:5]
+    result = run_evaluation(
+        str(tiny_dir("text-classification")), "text-classification", {"texts": SENTENCES, "labels": labels},
+        variants=["pytorch-fp32", "ort-fp32", "ort-int8-dynamic"],
+        unlabelled_data={"texts": unlabelled, "labels": None}, unlabelled_description="shouted sentences",
+    )
+    assert len(builds) == 1 and result["unlabelled_data"] == "shouted sentences"
+    by_name = {v["name"]: v for v in result["variants"]}
+    assert "agreement_unlabelled" not in by_name["pytorch-fp32"]
+    assert by_name["ort-fp32"]["agreement_unlabelled"]["prediction_agreement"] == 1.0
+    # Compared with what a separate run on the unlabelled set alone measures for the same variant.
+    alone = run_evaluation(str(tiny_dir("text-classification")), "text-classification",
+                           {"texts": unlabelled, "labels": None}, variants=["pytorch-fp32", "ort-int8-dynamic"])
+    assert by_name["ort-int8-dynamic"]["agreement_unlabelled"] == alone["variants"][1]["agreement"]
+    assert "agreement on the unlabelled set" in evaluation_markdown(result)
+
+
 def test_run_evaluation_causal_lm_perplexity_and_divergence(tiny_dir):
     text = " ".join(SENTENCES * 3)
     result = run_evaluation(

@@ -331,11 +331,16 @@ def run_evaluation(
     work_dir: str | Path | None = None,
     threads: int | None = None,
     data_description: str = "",
+    unlabelled_data: dict | None = None,
+    unlabelled_description: str = "",
 ) -> dict:
     """Score every variant on `data` and compare its predictions with the baseline's.
 
     `data` by task: classification {"texts", "labels" (or None)}; QA {"examples"}; text generation
     {"text" for perplexity, "texts" for logit divergence}; other tasks {"texts"} (output agreement).
+    `unlabelled_data` (same form, labels None): a second set on which only agreement with the baseline is
+    measured (`agreement_unlabelled`), by the same built models: a variant built again could differ (OpenVINO
+    `precision="auto"` times its candidates on each build).
     """
     from transformers import AutoTokenizer
 
@@ -348,7 +353,7 @@ def run_evaluation(
     with tempfile.TemporaryDirectory(prefix="optimum-quantization-eval-", dir=work_dir) as tmp:
         built = build_all(model_path, task, ordered, Path(tmp), calibration_data, threads)
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "source")
-        rows, reference = {}, None
+        rows, reference, unlabelled_reference = {}, None, None
         for spec in _progress(ordered, "evaluating variants"):
             folder = built[spec.name]
             if isinstance(folder, str):
@@ -359,12 +364,17 @@ def run_evaluation(
             row = {"name": spec.name, "spec": spec.to_dict(), "metrics": scored,
                    "size_bytes": weights_size_bytes(folder), **stored_precision(folder),
                    **runtime_details(folder, model)}
+            unlabelled = _score(model, tokenizer, task, unlabelled_data)[1] if unlabelled_data is not None else None
             if spec.name == baseline:
-                reference = predictions
+                reference, unlabelled_reference = predictions, unlabelled
             elif reference is not None:
                 row["agreement"] = _agreement(reference, predictions, tokenizer, task, data)
+                if unlabelled is not None:
+                    row["agreement_unlabelled"] = _agreement(
+                        unlabelled_reference, unlabelled, tokenizer, task, unlabelled_data
+                    )
             rows[spec.name] = row
-    return {
+    result = {
         "kind": "evaluation",
         "model": str(model_path),
         "task": task,
@@ -374,6 +384,9 @@ def run_evaluation(
         "versions": library_versions(),
         "variants": [rows[s.name] for s in specs],
     }
+    if unlabelled_data is not None:
+        result["unlabelled_data"] = unlabelled_description
+    return result
 
 
 if __name__ == "__main__":
