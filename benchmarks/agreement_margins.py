@@ -5,7 +5,7 @@
 
 On the 5,000 unseen SST-2 train sentences of `accuracy.py sst2`, compares each INT8 variant's logits with PyTorch
 FP32: agreement, the largest FP32 logit margin |l1 - l0| among flipped sentences, and the INT8 error of that
-margin (median, 99th percentile). Variants: our ONNX Runtime defaults and 8-bit dynamic, our OpenVINO static INT8
+margin (median, 99th percentile). Variants: our ONNX Runtime defaults (dynamic without and with calibration data, i.e. smoothing) and 8-bit dynamic, our OpenVINO static INT8
 (symmetric default, asymmetric) and INT8 weights, and NNCF's ONNX backend on ONNX Runtime (`nncf-onnx-mixed`,
 `nncf-onnx-performance`). Writes benchmarks/results/<--name, default sst2_agreement_margins>.{json,md}.
 """
@@ -66,7 +66,8 @@ def main(names: list[str], stem: str) -> int:
     calibration = accuracy.unseen_train_sentences(accuracy.AGREEMENT_SENTENCES + 128)[accuracy.AGREEMENT_SENTENCES :]
     openvino = {"backend": "openvino", "calibration_dataset": calibration}
     variants = {
-        "dyn-default": {"quantize": "dynamic"},
+        "dyn-default": {"quantize": "dynamic"},  # no calibration data: not smoothed
+        "dyn-smoothed": {"quantize": "dynamic", "calibration_dataset": calibration},
         "dyn-8bit": {"quantize": DynamicQuantConfig(reduce_range=False)},
         "static-default": {"quantize": "static", "calibration_dataset": calibration},
         "ov-static-default": {**openvino, "quantize": "static", "precision": "int8"},

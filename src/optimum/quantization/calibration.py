@@ -88,9 +88,10 @@ def load_calibration_examples(
 
 
 def tokenize_examples(
-    examples: Sequence[Example], tokenizer, *, sequence_length: int, input_names: Sequence[str]
+    examples: Sequence[Example], tokenizer, *, sequence_length: int, input_names: Sequence[str], pad: bool = True
 ) -> list[dict]:
-    """Tokenize one example per batch, padded to `sequence_length` so every batch has the same shape."""
+    """Tokenize one example per batch, padded to `sequence_length` so every batch has the same shape
+    (`pad=False`: truncated to it only, so no padding token's activations enter the statistics)."""
     if tokenizer.pad_token is None:
         # GPT-2-style tokenizers have no pad token; padding with EOS under an attention mask is the usual fix.
         tokenizer.pad_token = tokenizer.eos_token
@@ -98,7 +99,8 @@ def tokenize_examples(
     for example in examples:
         text, pair = (example if isinstance(example, tuple) else (example, None))
         encoded = tokenizer(
-            text, pair, padding="max_length", truncation=True, max_length=sequence_length, return_tensors="np"
+            text, pair, padding="max_length" if pad else False, truncation=True, max_length=sequence_length,
+            return_tensors="np",
         )
         batches.append({name: encoded[name].astype("int64") for name in input_names if name in encoded})
     return batches

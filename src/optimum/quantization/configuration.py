@@ -107,6 +107,10 @@ class _QuantConfigBase:
         defaults = list(self.default_exclude if defaults is None else defaults) if self.keep_default_exclusions else []
         return defaults + [p for p in self.exclude if p not in defaults]
 
+    def calibration_samples(self) -> int | None:
+        """How many calibration examples this config uses when they are given (None: it uses none)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"_type": type(self).__name__, "_version": self.VERSION, "_data": dataclasses.asdict(self)}
 
@@ -132,16 +136,31 @@ class DynamicQuantConfig(_QuantConfigBase):
     `embeddings` (ONNX Runtime, fused graphs): `"per-row"` stores the word and position tables in u8 with one
     scale per row and keeps the fused embedding op FP32 (`backends/ort_embeddings.py`); `"per-tensor"` is
     ONNX Runtime's own `QEmbedLayerNormalization` (one scale for a whole table, LayerNorm weights in u8 too).
+
+    `smoothing_alpha` (ONNX Runtime): when a `calibration_dataset` is given, the inputs of LayerNorm-fed GEMMs are
+    smoothed first (SmoothQuant, `backends/ort_smoothing.py`), measured on its first `smoothing_samples` examples;
+    without one, dynamic INT8 runs as before and the recipe says smoothing was skipped. `None` turns it off.
     """
 
     reduce_range_choices: ClassVar[tuple] = (True, False, "auto", "pair-safe")
 
     optimize_graph: bool = True
     embeddings: str = "per-row"
+    smoothing_alpha: float | None = 0.5
+    smoothing_samples: int = 64
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
+        if self.smoothing_alpha is not None and (
+            isinstance(self.smoothing_alpha, bool) or not isinstance(self.smoothing_alpha, (int, float))
+            or not 0.0 < self.smoothing_alpha < 1.0
+        ):
+            raise ConfigError(f"`smoothing_alpha` must be None or a number in (0, 1), got {self.smoothing_alpha!r}.")
+        _check_int("smoothing_samples", self.smoothing_samples)
         super().__post_init__()
+
+    def calibration_samples(self) -> int | None:
+        return self.smoothing_samples if self.smoothing_alpha is not None else None
 
 
 @dataclass
@@ -173,6 +192,9 @@ class StaticQuantConfig(_QuantConfigBase):
         if self.symmetric not in (True, False, "auto") or not isinstance(self.symmetric, (bool, str)):
             raise ConfigError(f"`symmetric` must be True, False or 'auto', got {self.symmetric!r}.")
         super().__post_init__()
+
+    def calibration_samples(self) -> int | None:
+        return self.calibration.num_samples
 
     def symmetric_activations(self, backend_default: bool) -> bool:
         """`symmetric` as given, or for "auto" the backend's measured default."""

@@ -144,14 +144,18 @@ def load_or_quantize(
     quant_backend = get_backend(backend or DEFAULT_BACKEND)
     quant_backend.check_supports(task, config)
     needs_calibration = config is not None and config.requires_calibration
+    # Dynamic INT8 uses calibration data when it is given (activation smoothing), and needs none.
+    uses_calibration = needs_calibration or (
+        config is not None and calibration_dataset is not None and config.calibration_samples() is not None
+    )
     calibration_examples = None
-    if needs_calibration:  # read it before the slow export so a bad file fails fast
+    if uses_calibration:  # read it before the slow export so a bad file fails fast
         calibration_examples = load_calibration_examples(
-            calibration_dataset, num_samples=config.calibration.num_samples, text_column=text_column
+            calibration_dataset, num_samples=config.calibration_samples(), text_column=text_column
         )
     model_config = _load_model_config(source, hub_kwargs)
     if tokenizer is None:
-        tokenizer = _load_tokenizer(source, hub_kwargs, required=needs_calibration)
+        tokenizer = _load_tokenizer(source, hub_kwargs, required=uses_calibration)
     request = QuantizationRequest(
         model_path=source,
         task=task,

@@ -33,6 +33,7 @@ from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_pair_safe import make_pair_safe
+from .ort_smoothing import smooth_file
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .generate_threads import RuntimeGenerateThreadsMixin
 from .ort_kv_buffers import PreallocatedKVBindingMixin
@@ -61,6 +62,8 @@ WEIGHT_ONLY_OP_TYPES = ["MatMul", "Gemm"]
 WEIGHT_ONLY_SUPPORTED_OPS = {"MatMul": (8, 4), "Gemm": (8, 4), "Gather": (4,)}
 WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+# Smoothing statistics come from unpadded calibration examples truncated to this many tokens.
+SMOOTHING_MAX_LENGTH = 512
 # What StaticQuantConfig(symmetric="auto") means here: asymmetric u8 activations; symmetric s8 lost a point of
 # SST-2 accuracy on fine-tuned MiniLM.
 SYMMETRIC_ACTIVATIONS = False
@@ -201,7 +204,12 @@ class OnnxRuntimeBackend(Backend):
         if config is not None:
             quantized_path = work_dir / "quantized.onnx"
             if isinstance(config, DynamicQuantConfig):
-                details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir))
+                feeds = None
+                if config.smoothing_alpha is not None and request.calibration_examples:
+                    names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input]
+                    feeds = tokenize_examples(request.calibration_examples, request.tokenizer,
+                                              sequence_length=SMOOTHING_MAX_LENGTH, input_names=names, pad=False)
+                details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir, feeds))
             elif isinstance(config, WeightOnlyQuantConfig):
                 details.update(self._quantize_weight_only(fp32_path, quantized_path, config))
             else:
@@ -246,7 +254,9 @@ class OnnxRuntimeBackend(Backend):
         model.quantization_recipe = recipe
         return model
 
-    def _quantize_dynamic(self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path) -> dict:
+    def _quantize_dynamic(
+        self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path, feeds: list | None
+    ) -> dict:
         from transformers import AutoConfig
 
         details: dict = {}
@@ -261,6 +271,15 @@ class OnnxRuntimeBackend(Backend):
         graph = onnx.load(str(src), load_external_data=False)
         nodes_to_exclude, unused = excluded_nodes(graph, config, op_types)
         details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
+        if config.smoothing_alpha is None:
+            details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
+        elif not feeds:
+            details["smoothing"] = {"applied": False, "reason": "no calibration_dataset given"}
+        else:
+            smoothed_path = work_dir / "smoothed.onnx"
+            smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
+            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
+            src = smoothed_path
         pair_safe = config.reduce_range == "pair-safe"
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
             raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")

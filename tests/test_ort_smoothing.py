@@ -1,0 +1,136 @@
+"""Activation smoothing before ONNX Runtime dynamic INT8: same FP32 function, less INT8 error on outlier channels."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import transformers
+from conftest import SENTENCES
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
+
+from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
+from optimum.quantization.backends.onnxruntime import fuse_graph
+from optimum.quantization.backends.ort_smoothing import smooth_graph, smoothing_targets
+from optimum.quantization.calibration import tokenize_examples
+from optimum.quantization.configuration import config_from_dict
+from optimum.quantization.errors import ConfigError
+
+HIDDEN, OUT, TOKENS = 64, 32, 16
+
+
+def layer_norm_gemm(outlier_gain: float) -> onnx.ModelProto:
+    """LayerNorm -> MatMul, with one LayerNorm channel `outlier_gain` times the others (BERT's outlier dims)."""
+    rng = np.random.default_rng(0)
+    gamma = np.ones(HIDDEN, np.float32)
+    gamma[3] = outlier_gain
+    graph = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", axis=-1),
+         helper.make_node("MatMul", ["h", "w"], ["y"], name="gemm")],
+        "ln_gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, TOKENS, HIDDEN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, TOKENS, OUT])],
+        [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(HIDDEN, np.float32), "beta"),
+         numpy_helper.from_array(rng.normal(0, 0.05, (HIDDEN, OUT)).astype(np.float32), "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model: onnx.ModelProto | str, feed: dict) -> np.ndarray:
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def dynamic_int8(model: onnx.ModelProto, folder: Path) -> str:
+    onnx.save(model, str(folder / "fp32.onnx"))
+    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    return str(folder / "int8.onnx")
+
+
+def test_smoothing_keeps_the_fp32_function_and_cuts_int8_error_on_an_outlier_channel(tmp_path):
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(size=(1, TOKENS, HIDDEN)).astype(np.float32)} for _ in range(8)]
+    plain = layer_norm_gemm(outlier_gain=60.0)
+    smoothed = layer_norm_gemm(outlier_gain=60.0)
+    details = smooth_graph(smoothed, feeds, alpha=0.5, skip=set())
+    assert details["smoothed_nodes"] == ["gemm"] and details["largest_scale_ratio"] > 5
+    assert [n.op_type for n in smoothed.graph.node] == ["LayerNormalization", "Mul", "MatMul"]
+    test = {"x": rng.normal(size=(1, TOKENS, HIDDEN)).astype(np.float32)}
+    reference = run(plain, test)
+    # FP32: the rescaling is exact up to float rounding.
+    np.testing.assert_allclose(run(smoothed, test), reference, rtol=1e-4, atol=1e-5)
+    # INT8: one outlier channel no longer sets the scale of all 64.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "smoothed").mkdir()
+    error_plain = np.abs(run(dynamic_int8(plain, tmp_path / "plain"), test) - reference).mean()
+    error_smoothed = np.abs(run(dynamic_int8(smoothed, tmp_path / "smoothed"), test) - reference).mean()
+    assert error_smoothed < 0.5 * error_plain, (error_smoothed, error_plain)
+
+
+def test_targets_are_layer_norm_fed_gemms_with_their_own_weight_and_skip_is_honoured():
+    model = layer_norm_gemm(outlier_gain=1.0)
+    assert [n.name for n in smoothing_targets(model.graph, skip=set())] == ["gemm"]
+    assert smoothing_targets(model.graph, skip={"gemm"}) == []
+    # A weight shared with another node cannot be rescaled for one of them.
+    model.graph.node.append(helper.make_node("MatMul", ["h", "w"], ["y2"], name="tied"))
+    assert smoothing_targets(model.graph, skip=set()) == []
+
+
+def test_fused_bert_smoothing_targets_attention_and_ffn_input_and_keeps_fp32_logits(tiny_dir):
+    folder = tiny_dir("text-classification")
+    with tempfile.TemporaryDirectory() as tmp:
+        QuantModelForSequenceClassification.from_pretrained(folder, quantize=None).save_pretrained(tmp)
+        fused = Path(tmp) / "fused.onnx"
+        fuse_graph(Path(tmp) / "model.onnx", fused, transformers.AutoConfig.from_pretrained(folder))
+        model = onnx.load(str(fused))
+    names = [i.name for i in model.graph.input]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    feeds = tokenize_examples(SENTENCES, tokenizer, sequence_length=64, input_names=names, pad=False)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    details = smooth_graph(model, feeds, alpha=0.5, skip={"/classifier/Gemm"})
+    kinds = sorted(n.op_type for n in before.graph.node if n.name in details["smoothed_nodes"])
+    assert kinds == ["Attention", "Attention", "MatMul", "MatMul"]  # per layer: Q/K/V and the FFN input
+    inputs = {k: v for k, v in tokenizer(SENTENCES[:4], return_tensors="np", padding=True).items() if k in names}
+    np.testing.assert_allclose(run(model, inputs), run(before, inputs), rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir):
+    folder = tiny_dir("text-classification")
+    smoothed = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic", calibration_dataset=SENTENCES)
+    smoothing = smoothed.quantization_recipe.details["smoothing"]
+    assert smoothing["applied"] and len(smoothing["smoothed_nodes"]) == 4 and smoothing["alpha"] == 0.5
+    assert smoothing["calibration_samples"] == min(len(SENTENCES), 64)
+    graph = onnx.load(str(onnx_file(smoothed)))
+    assert sum(n.name.endswith("_smoothing") for n in graph.graph.node) == 4
+    assert {"QAttention", "MatMulInteger"} <= {n.op_type for n in graph.graph.node}
+    reference, inputs = fp32_logits(folder)
+    assert_close_to_fp32(reference, smoothed(**inputs).logits.numpy())
+
+    plain = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
+    assert plain.quantization_recipe.details["smoothing"] == {"applied": False, "reason": "no calibration_dataset given"}
+    assert not any(n.name.endswith("_smoothing") for n in onnx.load(str(onnx_file(plain))).graph.node)
+    off = QuantModelForSequenceClassification.from_pretrained(
+        folder, quantize=DynamicQuantConfig(smoothing_alpha=None), calibration_dataset=SENTENCES
+    )
+    assert off.quantization_recipe.details["smoothing"] == {"applied": False, "reason": "smoothing_alpha=None"}
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 1.5, -0.1, True, "0.5"])
+def test_bad_smoothing_alpha(alpha):
+    with pytest.raises(ConfigError, match="smoothing_alpha"):
+        DynamicQuantConfig(smoothing_alpha=alpha)
+
+
+def test_smoothing_fields_round_trip():
+    config = DynamicQuantConfig(smoothing_alpha=0.3, smoothing_samples=16)
+    assert config_from_dict(config.to_dict()) == config and config.calibration_samples() == 16
+    assert DynamicQuantConfig(smoothing_alpha=None).calibration_samples() is None
+    with pytest.raises(ConfigError, match="smoothing_samples"):
+        DynamicQuantConfig(smoothing_samples=0)
