@@ -122,6 +122,16 @@ def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir
     assert off.quantization_recipe.details["smoothing"] == {"applied": False, "reason": "smoothing_alpha=None"}
 
 
+def test_decoders_are_not_smoothed_and_still_quantize(tiny_dir):
+    """A causal LM's graph is not fused and its past key/value inputs are not in the calibration feeds."""
+    from optimum.quantization import QuantModelForCausalLM
+
+    model = QuantModelForCausalLM.from_pretrained(tiny_dir("text-generation"), quantize="dynamic",
+                                                  calibration_dataset=SENTENCES)
+    smoothing = model.quantization_recipe.details["smoothing"]
+    assert smoothing["applied"] is False and "fused encoder" in smoothing["reason"]
+
+
 @pytest.mark.parametrize("alpha", [0, 1, 1.5, -0.1, True, "0.5"])
 def test_bad_smoothing_alpha(alpha):
     with pytest.raises(ConfigError, match="smoothing_alpha"):

@@ -137,8 +137,8 @@ class DynamicQuantConfig(_QuantConfigBase):
     scale per row and keeps the fused embedding op FP32 (`backends/ort_embeddings.py`); `"per-tensor"` is
     ONNX Runtime's own `QEmbedLayerNormalization` (one scale for a whole table, LayerNorm weights in u8 too).
 
-    `smoothing_alpha` (ONNX Runtime): when a `calibration_dataset` is given, the inputs of LayerNorm-fed GEMMs are
-    smoothed first (SmoothQuant, `backends/ort_smoothing.py`), measured on its first `smoothing_samples` examples;
+    `smoothing_alpha` (ONNX Runtime, fused encoder graphs): when a `calibration_dataset` is given, the inputs of
+    LayerNorm-fed GEMMs are smoothed first (SmoothQuant, `backends/ort_smoothing.py`), measured on its first `smoothing_samples` examples;
     without one, dynamic INT8 runs as before and the recipe says smoothing was skipped. `None` turns it off.
     """
 

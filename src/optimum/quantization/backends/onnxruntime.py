@@ -275,6 +275,8 @@ class OnnxRuntimeBackend(Backend):
             details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
         elif not feeds:
             details["smoothing"] = {"applied": False, "reason": "no calibration_dataset given"}
+        elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs calibration feeds lack
+            details["smoothing"] = {"applied": False, "reason": "only measured on ONNX Runtime's fused encoder graphs"}
         else:
             smoothed_path = work_dir / "smoothed.onnx"
             smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
