@@ -202,6 +202,15 @@ def test_causal_lm_fp32_export_generates_like_pytorch(tiny_dir):
     assert model.use_cache  # the KV cache path was exercised
 
 
+def test_static_on_a_causal_lm_is_refused_with_a_clear_error_before_export(tiny_dir, monkeypatch):
+    from optimum.quantization.backends import onnxruntime as ort_backend
+    from optimum.quantization.errors import ConfigError
+
+    monkeypatch.setattr(ort_backend, "export_onnx", lambda *a, **k: pytest.fail("exported before refusing"))
+    with pytest.raises(ConfigError, match="past key/values.*'w8'"):
+        QuantModelForCausalLM.from_pretrained(tiny_dir("text-generation"), quantize="static", calibration_dataset=SENTENCES)
+
+
 def test_causal_lm_int8_generates(tiny_dir):
     folder = tiny_dir("text-generation")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

@@ -131,6 +131,27 @@ def test_static_activations_are_symmetric_by_default(static_classifier, tiny_dir
                for low, high in activation_ranges(asymmetric.model))
 
 
+def smooth_quant_nodes(model) -> int:
+    return sum(op.get_friendly_name().endswith("/nncf_smooth_quant") for op in model.get_ops())
+
+
+def test_static_smoothing_auto_is_nncfs_none_turns_it_off_and_a_float_is_passed_on(static_classifier, tiny_dir, monkeypatch):
+    _, model, _ = static_classifier
+    assert model.quantization_recipe.details["smooth_quant_matmul_alpha"] == 0.95  # NNCF's transformer default
+    assert smooth_quant_nodes(model.model) > 0
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
+    built = {}
+    for alpha in (None, 0.5):
+        built[alpha] = QuantModelForSequenceClassification.from_pretrained(
+            tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(smoothing_alpha=alpha),
+            calibration_dataset=SENTENCES, precision="int8",
+        )
+    assert built[None].quantization_recipe.details["smooth_quant_matmul_alpha"] == -1.0
+    assert smooth_quant_nodes(built[None].model) == 0
+    assert built[0.5].quantization_recipe.details["smooth_quant_matmul_alpha"] == 0.5
+    assert smooth_quant_nodes(built[0.5].model) > 0
+
+
 def test_static_round_trip_and_pipeline(static_classifier, tmp_path):
     folder, model, _ = static_classifier
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

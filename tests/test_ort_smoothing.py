@@ -144,3 +144,46 @@ def test_smoothing_fields_round_trip():
     assert DynamicQuantConfig(smoothing_alpha=None).calibration_samples() is None
     with pytest.raises(ConfigError, match="smoothing_samples"):
         DynamicQuantConfig(smoothing_samples=0)
+
+
+def test_static_smoothing_shares_one_scale_per_tensor_on_the_plain_graph(tiny_dir):
+    """Unfused graph: Q, K and V read one LayerNorm output and share one Mul, so it is still quantized once."""
+    from optimum.quantization import StaticQuantConfig
+
+    folder = tiny_dir("text-classification")
+    config = StaticQuantConfig(calibration={"num_samples": len(SENTENCES), "sequence_length": 32})
+    assert config.smoothing_alpha == "auto"
+    smoothed = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config, calibration_dataset=SENTENCES)
+    smoothing = smoothed.quantization_recipe.details["smoothing"]
+    assert smoothing["applied"] and smoothing["alpha"] == 0.5  # "auto" on ONNX Runtime
+    assert len(smoothing["smoothed_nodes"]) == 2 * 4  # per layer: Q, K, V, FFN input
+    graph = onnx.load(str(onnx_file(smoothed))).graph
+    muls = [n for n in graph.node if n.name.endswith("_smoothing")]
+    assert len(muls) == 2 * 2  # per layer: one for Q/K/V, one for the FFN input
+    consumers = {m.output[0]: [n.op_type for n in graph.node if m.output[0] in n.input] for m in muls}
+    assert all(ops == ["QuantizeLinear"] for ops in consumers.values()), consumers
+    reference, inputs = fp32_logits(folder)
+    assert_close_to_fp32(reference, smoothed(**inputs).logits.numpy())
+    plain = QuantModelForSequenceClassification.from_pretrained(
+        folder, quantize=config.replace(smoothing_alpha=None), calibration_dataset=SENTENCES)
+    assert plain.quantization_recipe.details["smoothing"] == {"applied": False, "reason": "smoothing_alpha=None"}
+    assert not any(n.name.endswith("_smoothing") for n in onnx.load(str(onnx_file(plain))).graph.node)
+
+
+@pytest.mark.parametrize("alpha", [0, 1.5, True, "0.5", "AUTO"])
+def test_bad_static_smoothing_alpha(alpha):
+    from optimum.quantization import StaticQuantConfig
+
+    with pytest.raises(ConfigError, match="smoothing_alpha"):
+        StaticQuantConfig(smoothing_alpha=alpha)
+
+
+def test_static_smoothing_round_trips_and_only_static_takes_auto():
+    from optimum.quantization import StaticQuantConfig
+
+    for alpha in ("auto", None, 0.3):
+        config = StaticQuantConfig(smoothing_alpha=alpha)
+        assert config_from_dict(config.to_dict()) == config
+    assert StaticQuantConfig().smoothing(0.5) == 0.5 and StaticQuantConfig(smoothing_alpha=None).smoothing(0.5) is None
+    with pytest.raises(ConfigError, match="smoothing_alpha"):
+        DynamicQuantConfig(smoothing_alpha="auto")

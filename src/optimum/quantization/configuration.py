@@ -52,6 +52,14 @@ def _check_positive(name: str, value) -> None:
         raise ConfigError(f"`{name}` must be > 0, got {value}.")
 
 
+def _check_smoothing_alpha(value, allow_auto: bool = False) -> None:
+    if allow_auto and value == "auto":
+        return
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0):
+        auto = ", 'auto'" if allow_auto else ""
+        raise ConfigError(f"`smoothing_alpha` must be None{auto} or a number in (0, 1), got {value!r}.")
+
+
 def _check_reduce_range(value, choices=(True, False, "auto")) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
@@ -151,11 +159,7 @@ class DynamicQuantConfig(_QuantConfigBase):
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
-        if self.smoothing_alpha is not None and (
-            isinstance(self.smoothing_alpha, bool) or not isinstance(self.smoothing_alpha, (int, float))
-            or not 0.0 < self.smoothing_alpha < 1.0
-        ):
-            raise ConfigError(f"`smoothing_alpha` must be None or a number in (0, 1), got {self.smoothing_alpha!r}.")
+        _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
         super().__post_init__()
 
@@ -180,6 +184,7 @@ class StaticQuantConfig(_QuantConfigBase):
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     format: str = "qdq"
     symmetric: Union[bool, str] = "auto"
+    smoothing_alpha: Union[float, str, None] = "auto"
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):
@@ -191,10 +196,15 @@ class StaticQuantConfig(_QuantConfigBase):
         _check_choice("static format", self.format, STATIC_FORMATS)
         if self.symmetric not in (True, False, "auto") or not isinstance(self.symmetric, (bool, str)):
             raise ConfigError(f"`symmetric` must be True, False or 'auto', got {self.symmetric!r}.")
+        _check_smoothing_alpha(self.smoothing_alpha, allow_auto=True)
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:
         return self.calibration.num_samples
+
+    def smoothing(self, backend_default: float | None) -> float | None:
+        """`smoothing_alpha` as given, or for "auto" the backend's measured default (None: no smoothing)."""
+        return backend_default if self.smoothing_alpha == "auto" else self.smoothing_alpha
 
     def symmetric_activations(self, backend_default: bool) -> bool:
         """`symmetric` as given, or for "auto" the backend's measured default."""

@@ -61,27 +61,36 @@ def input_channel_amax(model: onnx.ModelProto, tensors: list[str], feeds: list[d
 
 
 def smooth_graph(model: onnx.ModelProto, feeds: list[dict], alpha: float, skip: set[str]) -> dict:
-    """Rescale every smoothing target of `model` in place; returns what was done (for the recipe)."""
+    """Rescale every smoothing target of `model` in place; returns what was done (for the recipe).
+
+    GEMMs reading the same tensor (an unfused graph's Q, K and V) share one scale and one `Mul`, with the weight
+    maximum taken over all of them (as SmoothQuant does for QKV): the tensor is still quantized once.
+    """
     graph = model.graph
     targets = smoothing_targets(graph, skip)
     if not targets:
         return {"alpha": alpha, "smoothed_nodes": [], "calibration_samples": len(feeds)}
-    amax = input_channel_amax(model, sorted({n.input[0] for n in targets}), feeds)
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in targets:
+        groups.setdefault(node.input[0], []).append(node)
+    amax = input_channel_amax(model, sorted(groups), feeds)
     initializers = {i.name: i for i in graph.initializer}
     ratios = []
-    for node in targets:
-        weight_init = initializers[node.input[1]]
-        weight = numpy_helper.to_array(weight_init).astype(np.float32)
+    for tensor, nodes in groups.items():
+        weights = [numpy_helper.to_array(initializers[n.input[1]]).astype(np.float32) for n in nodes]
+        weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         # Both factors floored: an all-zero channel (padding, a dead unit) must not give 0 or inf.
-        scale = np.maximum(amax[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)
-        scale = scale.astype(np.float32)
-        weight_init.CopyFrom(numpy_helper.from_array(weight * scale[:, None], weight_init.name))
-        inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{node.name}_smoothing_inverse_scale")
+        scale = (np.maximum(amax[tensor], 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)).astype(np.float32)
+        for node, weight in zip(nodes, weights):
+            initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * scale[:, None], node.input[1]))
+        first = nodes[0].name
+        inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{first}_smoothing_inverse_scale")
         graph.initializer.append(inverse)
-        smoothed = f"{node.name}_smoothed_input"
-        mul = helper.make_node("Mul", [node.input[0], inverse.name], [smoothed], name=f"{node.name}_smoothing")
-        graph.node.insert(list(graph.node).index(node), mul)
-        node.input[0] = smoothed
+        smoothed = f"{first}_smoothed_input"
+        mul = helper.make_node("Mul", [tensor, inverse.name], [smoothed], name=f"{first}_smoothing")
+        graph.node.insert(min(list(graph.node).index(n) for n in nodes), mul)
+        for node in nodes:
+            node.input[0] = smoothed
         ratios.append(float(scale.max() / scale.min()))
     return {"alpha": alpha, "smoothed_nodes": [n.name for n in targets], "calibration_samples": len(feeds),
             "largest_scale_ratio": round(max(ratios), 2)}
