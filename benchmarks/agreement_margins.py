@@ -69,7 +69,8 @@ def main(names: list[str], stem: str) -> int:
         "dyn-default": {"quantize": "dynamic"},  # no calibration data: not smoothed
         "dyn-smoothed": {"quantize": "dynamic", "calibration_dataset": calibration},
         "dyn-8bit": {"quantize": DynamicQuantConfig(reduce_range=False)},
-        "static-default": {"quantize": "static", "calibration_dataset": calibration},
+        "static-default": {"quantize": "static", "calibration_dataset": calibration},  # smoothed since smoothing_alpha="auto"
+        "static-unsmoothed": {"quantize": StaticQuantConfig(smoothing_alpha=None), "calibration_dataset": calibration},
         "ov-static-default": {**openvino, "quantize": "static", "precision": "int8"},
         "ov-static-asymmetric": {**openvino, "quantize": StaticQuantConfig(symmetric=False), "precision": "int8"},
         "ov-int8-weights": {**openvino, "quantize": "static", "precision": "int8-weights"},
