@@ -1,4 +1,4 @@
-"""Activation smoothing before dynamic INT8 (SmoothQuant, Xiao et al. 2023) on ONNX Runtime graphs.
+"""Activation smoothing before dynamic or static INT8 (SmoothQuant, Xiao et al. 2023) on ONNX Runtime graphs.
 
 Dynamic INT8 gives each activation tensor one scale. A few LayerNorm output channels of BERT-family models are
 tens of times larger than the rest, so that scale leaves the other channels a handful of levels. For every GEMM fed
@@ -7,6 +7,7 @@ s_j = amax_j^alpha / wmax_j^(1 - alpha) (a `Mul` before the GEMM) and row j of t
 graph computes the same function, and the INT8 one shares the range between activation and weight. The LayerNorm
 output also feeds the residual branch, which is why the scale is a `Mul` of its own and not folded into LayerNorm.
 GELU- and attention-fed GEMMs are left alone: smoothing them lost SQuAD F1 on fine-tuned MiniLM (benchmarks/RESULTS.md).
+Dynamic INT8 smooths ONNX Runtime's fused graph; static INT8 the plain graph, where Q, K and V share one scale.
 """
 
 from __future__ import annotations
