@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 import finetune
 from optimum.quantization.evaluation.report import evaluation_markdown, write_reports
 from optimum.quantization.side_by_side import run_evaluation
+from optimum.quantization.variants import parse_variants
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = [
@@ -65,6 +67,21 @@ def agreement_sentences(unseen: list[str], start: int, count: int) -> list[str]:
     if len(sentences) < count:
         raise SystemExit(f"only {len(sentences)} unseen sentences from {start}; asked for {count}")
     return sentences
+
+
+def without_data(specs, names: list[str]):
+    """`specs`, each named one (a quantized variant of ours) followed by a copy `NAME-no-data` built without
+    the calibration texts, as a user who has none would build it."""
+    unknown = sorted(set(names) - {s.name for s in specs if s.kind == "quantized"})
+    if unknown:
+        raise SystemExit(f"--without-data names variants of ours not in --variants: {', '.join(unknown)}")
+    result = []
+    for spec in specs:
+        result.append(spec)
+        if spec.name in names:
+            result.append(dataclasses.replace(spec, name=f"{spec.name}-no-data",
+                                              options={**spec.options, "calibration": False}))
+    return result
 
 
 def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES) -> dict:
@@ -113,7 +130,10 @@ def main() -> int:
                         help=f"SST-2: first unseen sentence of the agreement set (0, or >= "
                              f"{AGREEMENT_SENTENCES + CALIBRATION_SENTENCES} for a second, disjoint set)")
     parser.add_argument("--unlabelled-count", type=int, default=AGREEMENT_SENTENCES)
+    parser.add_argument("--without-data", nargs="+", default=[], metavar="VARIANT",
+                        help="also run each of these variants built without the calibration texts, as NAME-no-data")
     args = parser.parse_args()
+    args.variants = without_data(parse_variants(args.variants), args.without_data)
     if args.benchmark == "sst2":
         result = sst2(args.variants, args.threads, args.unlabelled_start, args.unlabelled_count)
     else:

@@ -66,7 +66,8 @@ def main(names: list[str], stem: str) -> int:
     calibration = accuracy.unseen_train_sentences(accuracy.AGREEMENT_SENTENCES + 128)[accuracy.AGREEMENT_SENTENCES :]
     openvino = {"backend": "openvino", "calibration_dataset": calibration}
     variants = {
-        "dyn-default": {"quantize": "dynamic"},  # no calibration data: not smoothed
+        "dyn-default": {"quantize": "dynamic"},  # no calibration data: smoothed on random vocabulary words
+        "dyn-unsmoothed": {"quantize": DynamicQuantConfig(smoothing_without_data=None)},
         "dyn-smoothed": {"quantize": "dynamic", "calibration_dataset": calibration},
         "dyn-8bit": {"quantize": DynamicQuantConfig(reduce_range=False)},
         "static-default": {"quantize": "static", "calibration_dataset": calibration},  # smoothed since smoothing_alpha="auto"

@@ -242,3 +242,20 @@ def test_cli_benchmark_and_evaluate(tiny_dir, tmp_path, capsys):
 
     assert main(["evaluate", "--model", folder, "--data", str(tmp_path / "none.tsv"), "--output-dir", str(tmp_path)]) == 2
     assert "could not load evaluation data" in capsys.readouterr().err.lower()
+
+
+def test_a_quantized_variant_can_be_built_without_the_runs_calibration_texts(tiny_dir, tmp_path):
+    """`calibration: false` builds what a user with no data gets: dynamic INT8 smoothed on random words."""
+    from optimum.quantization.recipe import find_recipe
+    from optimum.quantization.variants import VARIANT_KINDS, BuildContext
+
+    texts = tmp_path / "calibration.txt"
+    texts.write_text("\n".join(SENTENCES), encoding="utf-8")
+    context = BuildContext(tiny_dir("text-classification"), "text-classification", calibration_file=texts)
+    statistics = {}
+    for calibration in (True, False):
+        spec = VariantSpec("v", "quantized", {"backend": "onnxruntime", "quantize": "dynamic", "calibration": calibration})
+        folder = tmp_path / str(calibration)
+        VARIANT_KINDS["quantized"].build(spec, context, folder)
+        statistics[calibration] = find_recipe(folder).details["smoothing"]["statistics"]
+    assert statistics == {True: "calibration_dataset", False: "random-words"}

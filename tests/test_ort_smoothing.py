@@ -18,7 +18,7 @@ from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_fil
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
 from optimum.quantization.backends.onnxruntime import fuse_graph
 from optimum.quantization.backends.ort_smoothing import smooth_graph, smoothing_targets
-from optimum.quantization.calibration import tokenize_examples
+from optimum.quantization.calibration import random_word_examples, tokenize_examples
 from optimum.quantization.configuration import config_from_dict
 from optimum.quantization.errors import ConfigError
 
@@ -113,8 +113,20 @@ def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir
     reference, inputs = fp32_logits(folder)
     assert_close_to_fp32(reference, smoothed(**inputs).logits.numpy())
 
-    plain = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
-    assert plain.quantization_recipe.details["smoothing"] == {"applied": False, "reason": "no calibration_dataset given"}
+    assert smoothing["statistics"] == "calibration_dataset"
+
+    # Without data the default measures texts of random vocabulary words; smoothing_without_data=None skips it.
+    data_free = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
+    smoothing = data_free.quantization_recipe.details["smoothing"]
+    assert smoothing["applied"] and smoothing["statistics"] == "random-words" and smoothing["calibration_samples"] == 64
+    assert sum(n.name.endswith("_smoothing") for n in onnx.load(str(onnx_file(data_free))).graph.node) == 4
+    assert_close_to_fp32(reference, data_free(**inputs).logits.numpy())
+    plain = QuantModelForSequenceClassification.from_pretrained(
+        folder, quantize=DynamicQuantConfig(smoothing_without_data=None)
+    )
+    assert plain.quantization_recipe.details["smoothing"] == {
+        "applied": False, "reason": "no calibration_dataset given (smoothing_without_data=None)"
+    }
     assert not any(n.name.endswith("_smoothing") for n in onnx.load(str(onnx_file(plain))).graph.node)
     off = QuantModelForSequenceClassification.from_pretrained(
         folder, quantize=DynamicQuantConfig(smoothing_alpha=None), calibration_dataset=SENTENCES
@@ -138,8 +150,35 @@ def test_bad_smoothing_alpha(alpha):
         DynamicQuantConfig(smoothing_alpha=alpha)
 
 
+@pytest.mark.parametrize("value", ["random", "", False, 0])
+def test_bad_smoothing_without_data(value):
+    with pytest.raises(ConfigError, match="smoothing_without_data"):
+        DynamicQuantConfig(smoothing_without_data=value)
+
+
+def test_random_word_examples_are_seeded_whole_words_from_the_vocabulary(tiny_dir):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_dir("text-classification"))
+    vocab = set(tokenizer.get_vocab())
+    texts = random_word_examples(tokenizer, 20)
+    assert texts == random_word_examples(tokenizer, 20) != random_word_examples(tokenizer, 20, seed=1)
+    words = [w for t in texts for w in t.split()]
+    assert len(texts) == 20 and all(4 <= len(t.split()) <= 250 for t in texts)
+    assert all(w in vocab and w.isalpha() and len(w) > 2 for w in words)
+    pairs = random_word_examples(tokenizer, 3, pairs=True)
+    assert [(len(q.split()), len(c.split())) for q, c in pairs] == [(10, 250)] * 3
+
+
+def test_random_word_examples_strip_word_start_marks():
+    class Vocabulary:
+        def get_vocab(self):
+            return {"\u0120house": 0, "\u2581garden": 1, "ab": 2, "##ing": 3, "42nd": 4, "<|endoftext|>": 5}
+
+    assert set(" ".join(random_word_examples(Vocabulary(), 10)).split()) == {"house", "garden"}
+    assert random_word_examples(type("Empty", (), {"get_vocab": lambda self: {"a": 0}})(), 5) == []
+
+
 def test_smoothing_fields_round_trip():
-    config = DynamicQuantConfig(smoothing_alpha=0.3, smoothing_samples=16)
+    config = DynamicQuantConfig(smoothing_alpha=0.3, smoothing_samples=16, smoothing_without_data=None)
     assert config_from_dict(config.to_dict()) == config and config.calibration_samples() == 16
     assert DynamicQuantConfig(smoothing_alpha=None).calibration_samples() is None
     with pytest.raises(ConfigError, match="smoothing_samples"):

@@ -87,6 +87,27 @@ def load_calibration_examples(
     return examples[:num_samples] if num_samples else examples
 
 
+def random_word_examples(tokenizer, count: int, pairs: bool = False, seed: int = 0) -> list[Example]:
+    """`count` texts of whole words drawn at random (seeded) from the tokenizer's vocabulary: activation statistics
+    for smoothing when no calibration data is given. Single texts have 4-250 words, so short inputs and far
+    positions are both seen; `pairs=True` gives (10-word question, 250-word context), extractive QA's shape."""
+    import random
+
+    markers = "\u0120\u2581"  # GPT-2 byte-level and SentencePiece word-start marks
+    stripped = (token.lstrip(markers) for token in tokenizer.get_vocab())
+    words = sorted({word for word in stripped if word.isalpha() and len(word) > 2})
+    if not words:
+        return []
+    rng = random.Random(seed)
+
+    def text(length: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(length))
+
+    if pairs:
+        return [(text(10), text(250)) for _ in range(count)]
+    return [text(rng.randint(4, 250)) for _ in range(count)]
+
+
 def tokenize_examples(
     examples: Sequence[Example], tokenizer, *, sequence_length: int, input_names: Sequence[str], pad: bool = True
 ) -> list[dict]:

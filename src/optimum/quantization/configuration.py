@@ -23,6 +23,8 @@ QAT_METHODS = ("fake_quant", "nncf")
 QAT_CALIBRATORS = ("max", "percentile", "entropy", "mse")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 EMBEDDING_STORAGE = ("per-row", "per-tensor")
+# What dynamic INT8 smooths with when no calibration_dataset is given (None: it does not smooth then).
+SMOOTHING_WITHOUT_DATA = ("random-words", None)
 
 
 def _check_choice(kind: str, value: object, valid) -> None:
@@ -145,9 +147,11 @@ class DynamicQuantConfig(_QuantConfigBase):
     scale per row and keeps the fused embedding op FP32 (`backends/ort_embeddings.py`); `"per-tensor"` is
     ONNX Runtime's own `QEmbedLayerNormalization` (one scale for a whole table, LayerNorm weights in u8 too).
 
-    `smoothing_alpha` (ONNX Runtime, fused encoder graphs): when a `calibration_dataset` is given, the inputs of
-    LayerNorm-fed GEMMs are smoothed first (SmoothQuant, `backends/ort_smoothing.py`), measured on its first `smoothing_samples` examples;
-    without one, dynamic INT8 runs as before and the recipe says smoothing was skipped. `None` turns it off.
+    `smoothing_alpha` (ONNX Runtime, fused encoder graphs): the inputs of LayerNorm-fed GEMMs are smoothed first
+    (SmoothQuant, `backends/ort_smoothing.py`), measured on the first `smoothing_samples` examples of the
+    `calibration_dataset`. Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
+    words instead (`calibration.random_word_examples`); `None` there skips smoothing when no data is given, and
+    `smoothing_alpha=None` turns it off. The recipe says which statistics were used, or why smoothing was skipped.
     """
 
     reduce_range_choices: ClassVar[tuple] = (True, False, "auto", "pair-safe")
@@ -156,11 +160,16 @@ class DynamicQuantConfig(_QuantConfigBase):
     embeddings: str = "per-row"
     smoothing_alpha: float | None = 0.5
     smoothing_samples: int = 64
+    smoothing_without_data: str | None = "random-words"
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
+        if self.smoothing_without_data not in SMOOTHING_WITHOUT_DATA:
+            raise ConfigError(
+                f"`smoothing_without_data` must be 'random-words' or None, got {self.smoothing_without_data!r}."
+            )
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:

@@ -141,7 +141,8 @@ class OpenVINORuntimeDetails:
 
 @register_variant_kind("quantized")
 class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
-    """`QuantModelFor<Task>.from_pretrained(..., backend=, quantize=)`: options {backend, quantize}."""
+    """`QuantModelFor<Task>.from_pretrained(..., backend=, quantize=)`: options {backend, quantize}, and
+    `calibration: false` to build without the run's calibration texts (what a user who has none gets)."""
 
     @staticmethod
     def backend_of(spec: VariantSpec) -> str:
@@ -156,7 +157,8 @@ class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
             str(context.source_dir),
             backend=self.backend_of(spec),
             quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
-            calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
+            calibration_dataset=str(context.calibration_file)
+            if context.calibration_file and spec.options.get("calibration", True) else None,
         )
         model.save_pretrained(folder)
 

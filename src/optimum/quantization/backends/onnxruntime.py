@@ -24,7 +24,7 @@ from optimum.onnxruntime import (
     ORTModelForTokenClassification,
 )
 
-from ..calibration import tokenize_examples
+from ..calibration import random_word_examples, tokenize_examples
 from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
 from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.census import int8_op_counts
@@ -76,6 +76,14 @@ STATIC_SMOOTHING_ALPHA = 0.5
 # no faster: w8 28.3 vs 27.1 ms/token without it at batch 1, 36.4 vs 36.0 at batch 4; FP32 34.7 vs 34.0.
 # On CPU the binding saves copies that cost little next to the decode step's matmuls.
 CAUSAL_LM_IO_BINDING_DEFAULT = False
+
+
+def smoothing_length(model_dir: Path) -> int:
+    """Longest text smoothing measures: SMOOTHING_MAX_LENGTH, or fewer tokens where the model has fewer positions."""
+    from transformers import AutoConfig
+
+    positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    return min(SMOOTHING_MAX_LENGTH, positions or SMOOTHING_MAX_LENGTH)
 
 
 class ORTQuantModelForSequenceClassification(QuantizedModelMixin, ORTModelForSequenceClassification):
@@ -215,11 +223,14 @@ class OnnxRuntimeBackend(Backend):
             quantized_path = work_dir / "quantized.onnx"
             if isinstance(config, DynamicQuantConfig):
                 feeds = None
-                if config.smoothing_alpha is not None and request.calibration_examples:
+                examples, source = self._smoothing_examples(request, config)
+                if examples:
                     names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input]
-                    feeds = tokenize_examples(request.calibration_examples, request.tokenizer,
-                                              sequence_length=SMOOTHING_MAX_LENGTH, input_names=names, pad=False)
-                details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir, feeds))
+                    feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(export_dir),
+                                              input_names=names, pad=False)
+                details.update(
+                    self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir, feeds, source)
+                )
             elif isinstance(config, WeightOnlyQuantConfig):
                 details.update(self._quantize_weight_only(fp32_path, quantized_path, config))
             else:
@@ -264,8 +275,26 @@ class OnnxRuntimeBackend(Backend):
         model.quantization_recipe = recipe
         return model
 
+    @staticmethod
+    def _smoothing_examples(request: QuantizationRequest, config: DynamicQuantConfig) -> tuple[list, str]:
+        """What dynamic INT8 measures activations on for smoothing, and where they came from (or why there are none):
+        the calibration data, else by default texts of random vocabulary words, which on fine-tuned MiniLM came
+        close to real text (RESULTS.md, "Smoothing without calibration data")."""
+        if config.smoothing_alpha is None:
+            return [], "smoothing_alpha=None"
+        if request.calibration_examples:
+            return request.calibration_examples, "calibration_dataset"
+        if config.smoothing_without_data is None:
+            return [], "no calibration_dataset given (smoothing_without_data=None)"
+        if request.tokenizer is None:
+            return [], "no calibration_dataset and no tokenizer given"
+        pairs = request.task == "question-answering"
+        examples = random_word_examples(request.tokenizer, config.smoothing_samples, pairs=pairs)
+        return examples, "random-words" if examples else "no calibration_dataset given and no whole words in the vocabulary"
+
     def _quantize_dynamic(
-        self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path, feeds: list | None
+        self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path,
+        feeds: list | None, smoothing_source: str,
     ) -> dict:
         from transformers import AutoConfig
 
@@ -283,14 +312,14 @@ class OnnxRuntimeBackend(Backend):
         details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
         if config.smoothing_alpha is None:
             details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
-        elif not feeds:
-            details["smoothing"] = {"applied": False, "reason": "no calibration_dataset given"}
-        elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs calibration feeds lack
+        elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs smoothing feeds lack
             details["smoothing"] = {"applied": False, "reason": "only measured on ONNX Runtime's fused encoder graphs"}
+        elif not feeds:
+            details["smoothing"] = {"applied": False, "reason": smoothing_source}
         else:
             smoothed_path = work_dir / "smoothed.onnx"
             smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
-            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
+            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": smoothing_source, **smoothing}
             src = smoothed_path
         pair_safe = config.reduce_range == "pair-safe"
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
