@@ -52,6 +52,20 @@ def test_round_robin_warms_up_then_takes_turns_in_alternating_order():
     assert round_robin_ms({}, rounds=3) == {}
     with pytest.raises(ConfigError):
         round_robin_ms(calls, rounds=0)
+    with pytest.raises(ConfigError):
+        round_robin_ms(calls, rounds=1, pause_s=-1)
+
+
+def test_round_robin_pauses_before_each_timed_call_only(monkeypatch):
+    """The pause lets one runtime's spinning threads go idle before the next is timed; it is never timed itself."""
+    from optimum.quantization.evaluation import benchmark
+
+    events: list[str] = []
+    monkeypatch.setattr(benchmark.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    calls = {name: (lambda name=name: events.append(name)) for name in ("a", "b")}
+    times = round_robin_ms(calls, rounds=2, warmup=1, pause_s=0.25)
+    assert events == ["a", "b", "sleep 0.25", "a", "sleep 0.25", "b", "sleep 0.25", "b", "sleep 0.25", "a"]
+    assert all(ms < 250 for values in times.values() for ms in values)
 
 
 def test_latency_sweep_times_every_shape(tiny_dir):

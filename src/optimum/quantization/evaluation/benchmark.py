@@ -99,13 +99,17 @@ def alternating_rounds(items: Sequence, rounds: int) -> list:
 _ONE_CALL = BenchmarkConfig(warmup=0, repeats=1, min_repeats=1)
 
 
-def round_robin_ms(calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def round_robin_ms(
+    calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, pause_s: float = 0.0
+) -> dict[str, list[float]]:
     """Milliseconds per call of several callables measured in turns, in one process: `warmup` untimed calls
     each, then `rounds` rounds of one timed call each, every other round in reverse order (`alternating_rounds`).
 
-    Interleaving spreads a load change on the machine over every candidate instead of over one of them."""
-    if rounds < 1 or warmup < 0:
-        raise ConfigError("rounds must be >= 1 and warmup >= 0.")
+    Interleaving spreads a load change on the machine over every candidate instead of over one of them.
+    `pause_s`: an untimed sleep before each timed call. Runtimes whose worker threads spin after a call
+    (ONNX Runtime's intra-op pool does) would otherwise take cores from the next candidate."""
+    if rounds < 1 or warmup < 0 or pause_s < 0:
+        raise ConfigError("rounds must be >= 1, warmup >= 0 and pause_s >= 0.")
     names = list(calls)
     if not names:
         return {}
@@ -114,6 +118,8 @@ def round_robin_ms(calls: Mapping[str, Callable[[], object]], rounds: int, warmu
             calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for name in alternating_rounds(names, rounds):
+        if pause_s:
+            time.sleep(pause_s)
         times[name] += time_calls(calls[name], _ONE_CALL)
     return times
 
