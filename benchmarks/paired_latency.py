@@ -22,7 +22,7 @@ from pathlib import Path
 from bert_base_speed import bert_base_checkpoint
 
 from optimum.quantization.evaluation.benchmark import percentile, round_robin_ms, synthetic_inputs
-from optimum.quantization.evaluation.report import write_reports
+from optimum.quantization.evaluation.report import machine_line, write_reports
 from optimum.quantization.recipe import library_versions
 from optimum.quantization.side_by_side import build_all, machine_record
 from optimum.quantization.variants import load_variant, parse_variants
@@ -50,19 +50,19 @@ def paired_latency(variants, rounds: int, warmup: int, batch_size: int, sequence
         with torch.no_grad():
             times = round_robin_ms({name: (lambda m=model: m(**inputs)) for name, model in models.items()},
                                    rounds=rounds, warmup=warmup, pause_s=pause_s)
-    first = statistics.median(times[specs[0].name])
-    rows = [{"name": name, "p50_ms": statistics.median(t), "p90_ms": percentile(sorted(t), 90),
-             "ratio_to_first": statistics.median(t) / first, "calls": len(t)} for name, t in times.items()]
+    p50 = {name: statistics.median(t) for name, t in times.items()}
+    first = p50[specs[0].name]
+    rows = [{"name": name, "p50_ms": p50[name], "p90_ms": percentile(sorted(t), 90),
+             "ratio_to_first": p50[name] / first, "calls": len(t)} for name, t in times.items()]
     return {"kind": "paired_latency", "task": TASK, "model": "BERT-base shape (random init), sequence classification",
             "shape": {"batch_size": batch_size, "sequence_length": sequence_length}, "rounds": rounds,
             "warmup": warmup, "pause_s": pause_s, "machine": machine_record(threads), "versions": library_versions(), "variants": rows}
 
 
 def markdown(result: dict) -> str:
-    cpu = result["machine"]["cpu"]
     shape = result["shape"]
     lines = [
-        f"Machine: {cpu.get('model')}, ISA {', '.join(cpu.get('isa', []))}, threads {result['machine']['threads']}.",
+        machine_line(result),
         "",
         f"{result['model']}, batch {shape['batch_size']} x sequence {shape['sequence_length']}; all variants loaded in one "
         f"process and called in alternating order, {result['rounds']} calls each after {result['warmup']} warm-up calls, "

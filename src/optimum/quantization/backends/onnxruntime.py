@@ -78,11 +78,9 @@ STATIC_SMOOTHING_ALPHA = 0.5
 CAUSAL_LM_IO_BINDING_DEFAULT = False
 
 
-def smoothing_length(model_dir: Path) -> int:
+def smoothing_length(model_config) -> int:
     """Longest text smoothing measures: SMOOTHING_MAX_LENGTH, or fewer tokens where the model has fewer positions."""
-    from transformers import AutoConfig
-
-    positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None)
+    positions = getattr(model_config, "max_position_embeddings", None)
     return min(SMOOTHING_MAX_LENGTH, positions or SMOOTHING_MAX_LENGTH)
 
 
@@ -222,15 +220,7 @@ class OnnxRuntimeBackend(Backend):
         if config is not None:
             quantized_path = work_dir / "quantized.onnx"
             if isinstance(config, DynamicQuantConfig):
-                feeds = None
-                examples, source = self._smoothing_examples(request, config)
-                if examples:
-                    names = [i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input]
-                    feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(export_dir),
-                                              input_names=names, pad=False)
-                details.update(
-                    self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir, feeds, source)
-                )
+                details.update(self._quantize_dynamic(fp32_path, quantized_path, config, export_dir, work_dir, request))
             elif isinstance(config, WeightOnlyQuantConfig):
                 details.update(self._quantize_weight_only(fp32_path, quantized_path, config))
             else:
@@ -280,8 +270,6 @@ class OnnxRuntimeBackend(Backend):
         """What dynamic INT8 measures activations on for smoothing, and where they came from (or why there are none):
         the calibration data, else by default texts of random vocabulary words, which on fine-tuned MiniLM came
         close to real text (RESULTS.md, "Smoothing without calibration data")."""
-        if config.smoothing_alpha is None:
-            return [], "smoothing_alpha=None"
         if request.calibration_examples:
             return request.calibration_examples, "calibration_dataset"
         if config.smoothing_without_data is None:
@@ -294,14 +282,15 @@ class OnnxRuntimeBackend(Backend):
 
     def _quantize_dynamic(
         self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path,
-        feeds: list | None, smoothing_source: str,
+        request: QuantizationRequest,
     ) -> dict:
         from transformers import AutoConfig
 
         details: dict = {}
+        model_config = AutoConfig.from_pretrained(export_dir)
         if config.optimize_graph:
             fused_path = work_dir / "fused.onnx"
-            fused = fuse_graph(src, fused_path, AutoConfig.from_pretrained(export_dir))
+            fused = fuse_graph(src, fused_path, model_config)
             if fused is not None:
                 details["fused_ops"] = fused
                 src = fused_path
@@ -314,13 +303,17 @@ class OnnxRuntimeBackend(Backend):
             details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
         elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs smoothing feeds lack
             details["smoothing"] = {"applied": False, "reason": "only measured on ONNX Runtime's fused encoder graphs"}
-        elif not feeds:
-            details["smoothing"] = {"applied": False, "reason": smoothing_source}
         else:
-            smoothed_path = work_dir / "smoothed.onnx"
-            smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
-            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": smoothing_source, **smoothing}
-            src = smoothed_path
+            examples, source = self._smoothing_examples(request, config)
+            if not examples:
+                details["smoothing"] = {"applied": False, "reason": source}
+            else:
+                feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
+                                          input_names=[i.name for i in graph.graph.input], pad=False)
+                smoothed_path = work_dir / "smoothed.onnx"
+                smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
+                details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
+                src = smoothed_path
         pair_safe = config.reduce_range == "pair-safe"
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
             raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
