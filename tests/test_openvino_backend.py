@@ -131,6 +131,36 @@ def test_static_activations_are_symmetric_by_default(static_classifier, tiny_dir
                for low, high in activation_ranges(asymmetric.model))
 
 
+def attention_inputs_quantized(model) -> list[bool]:
+    """For each ScaledDotProductAttention's Q and K input: whether a FakeQuantize feeds it (through reshapes)."""
+    def quantized(value) -> bool:
+        node = value.get_node()
+        while node.get_type_name() in ("Transpose", "Reshape"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "FakeQuantize"
+
+    return [quantized(op.input_value(port)) for op in model.get_ops()
+            if op.get_type_name() == "ScaledDotProductAttention" for port in (0, 1)]
+
+
+def test_attention_inputs_are_quantized_by_default_and_kept_float_on_request(static_classifier, tiny_dir, monkeypatch):
+    """activation_matmuls="auto" on OpenVINO is NNCF's transformer scheme (Q and K of attention quantized)."""
+    _, model, _ = static_classifier
+    assert model.quantization_recipe.details["activation_matmuls"] == {"quantized": True, "kept_float": []}
+    assert attention_inputs_quantized(model.model) == [True] * 4  # 2 layers x (Q, K)
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
+    kept = QuantModelForSequenceClassification.from_pretrained(
+        tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(activation_matmuls=False),
+        calibration_dataset=SENTENCES, precision="int8",
+    )
+    attention = [f"__module.bert.encoder.layer.{i}.attention.self/aten::scaled_dot_product_attention/"
+                 "ScaledDotProductAttention" for i in range(2)]
+    details = kept.quantization_recipe.details
+    assert details["activation_matmuls"] == {"quantized": False, "kept_float": attention}
+    assert details["excluded_nodes"] == ["__module.classifier/aten::linear/Add", *attention]
+    assert attention_inputs_quantized(kept.model) == [False] * 4
+
+
 def smooth_quant_nodes(model) -> int:
     return sum(op.get_friendly_name().endswith("/nncf_smooth_quant") for op in model.get_ops())
 
@@ -453,3 +483,16 @@ def test_ratio_round_trips_and_onnxruntime_refuses_it(tiny_dir):
     assert WeightOnlyQuantConfig().ratio == 1.0
     with pytest.raises(ConfigError, match="ratio"):
         QuantModelForCausalLM.from_pretrained(tiny_dir("text-generation"), backend="onnxruntime", quantize=config)
+
+
+def test_benchmark_variant_ov_config_option_reaches_the_compiled_model(tiny_dir, monkeypatch):
+    """`ov-int8-f32-compute` is `ov-int8-nncf` compiled with INFERENCE_PRECISION_HINT=f32: the row says f32 on any CPU."""
+    from optimum.quantization.side_by_side import run_evaluation
+
+    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
+    threads = torch.get_num_threads()
+    result = run_evaluation(str(tiny_dir("text-classification")), "text-classification",
+                            {"texts": SENTENCES, "labels": None}, variants=["ov-int8-f32-compute"], threads=threads)
+    (row,) = result["variants"]
+    assert "error" not in row, row
+    assert row["inference_precision"] == "f32"

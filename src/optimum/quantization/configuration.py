@@ -186,10 +186,17 @@ class StaticQuantConfig(_QuantConfigBase):
     On ONNX Runtime it is asymmetric u8: symmetric s8 lost 1.03 SST-2 points and fell to 98.38% agreement
     (`benchmarks/RESULTS.md`).
 
-    `smoothing_alpha` (SmoothQuant before calibration): `"auto"` is SmoothQuant with alpha 0.5 on the LayerNorm-fed
-    GEMMs on ONNX Runtime (`backends/ort_smoothing.py`; fine-tuned MiniLM SQuAD F1 -0.95 -> -0.09, SST-2 agreement
-    98.78 -> 99.22%) and NNCF's own SmoothQuant default (alpha 0.95) on OpenVINO. A number in (0, 1) is used on
-    both; `None` turns smoothing off.
+    `smoothing_alpha` (SmoothQuant before calibration): `"auto"` is SmoothQuant with alpha 0.7 on the LayerNorm-fed
+    GEMMs on ONNX Runtime (`backends/ort_smoothing.py`; fine-tuned MiniLM on Zen 4 with `activation_matmuls` off:
+    SQuAD F1 -0.22 and SST-2 agreement 99.29%, against -0.52 and 99.08% for alpha 0.5) and NNCF's own SmoothQuant
+    default (alpha 0.95) on OpenVINO. A number in (0, 1) is used on both; `None` turns smoothing off.
+
+    `activation_matmuls` is whether the products of two activations, attention's scores (Q x K^T) and context
+    (probabilities x V), are quantized, each input with one static range. `"auto"` keeps them in FP32 on ONNX Runtime:
+    on fine-tuned MiniLM (Zen 4) that took SQuAD answers identical to FP32 from 85.9% to 90.3% and SST-2 dev from
+    -0.69 to +0.34, at the same speed. On OpenVINO it keeps NNCF's transformer scheme, which quantizes the Q and K
+    inputs of ScaledDotProductAttention: keeping them float there made no difference beyond noise
+    (`benchmarks/RESULTS.md`).
     """
 
     requires_calibration: ClassVar[bool] = True
@@ -199,6 +206,7 @@ class StaticQuantConfig(_QuantConfigBase):
     format: str = "qdq"
     symmetric: Union[bool, str] = "auto"
     smoothing_alpha: Union[float, str, None] = "auto"
+    activation_matmuls: Union[bool, str] = "auto"
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):
@@ -211,6 +219,8 @@ class StaticQuantConfig(_QuantConfigBase):
         if self.symmetric not in (True, False, "auto") or not isinstance(self.symmetric, (bool, str)):
             raise ConfigError(f"`symmetric` must be True, False or 'auto', got {self.symmetric!r}.")
         _check_smoothing_alpha(self.smoothing_alpha, allow_auto=True)
+        if self.activation_matmuls not in (True, False, "auto") or not isinstance(self.activation_matmuls, (bool, str)):
+            raise ConfigError(f"`activation_matmuls` must be True, False or 'auto', got {self.activation_matmuls!r}.")
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:
@@ -219,6 +229,10 @@ class StaticQuantConfig(_QuantConfigBase):
     def smoothing(self, backend_default: float | None) -> float | None:
         """`smoothing_alpha` as given, or for "auto" the backend's measured default (None: no smoothing)."""
         return backend_default if self.smoothing_alpha == "auto" else self.smoothing_alpha
+
+    def quantize_activation_matmuls(self, backend_default: bool) -> bool:
+        """`activation_matmuls` as given, or for "auto" the backend's measured default."""
+        return backend_default if self.activation_matmuls == "auto" else self.activation_matmuls
 
     def symmetric_activations(self, backend_default: bool) -> bool:
         """`symmetric` as given, or for "auto" the backend's measured default."""

@@ -236,7 +236,8 @@ def _ov_config(threads: int | None) -> dict:
 
 @register_variant_kind("openvino")
 class OpenVINOQuantized(OurQuantized):
-    """Ours on OpenVINO: options {quantize, precision} (precision "auto", "int8" or "int8-weights")."""
+    """Ours on OpenVINO: options {quantize, precision, ov_config} (precision "auto", "int8" or "int8-weights";
+    ov_config is added to the compile settings, e.g. {"INFERENCE_PRECISION_HINT": "f32"})."""
 
     requires = ("openvino", "nncf", "optimum.intel")
     extra = "openvino,nncf"
@@ -253,13 +254,17 @@ class OpenVINOQuantized(OurQuantized):
             backend=self.backend_of(spec),
             quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
             calibration_dataset=str(context.calibration_file) if context.calibration_file else None,
-            ov_config=_ov_config(context.threads),  # precision="auto" times its candidates as they will be loaded
+            ov_config=self._compile_settings(spec, context.threads),  # "auto" times candidates as they will load
             **extra,
         )
         model.save_pretrained(folder)
 
     def load(self, spec, folder, task, threads):
-        return QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), ov_config=_ov_config(threads))
+        return QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), ov_config=self._compile_settings(spec, threads))
+
+    @staticmethod
+    def _compile_settings(spec, threads: int | None) -> dict:
+        return {**_ov_config(threads), **spec.options.get("ov_config", {})}
 
 
 @register_variant_kind("optimum-intel-ovquantizer")
@@ -315,6 +320,9 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("optimum-avx2", "optimum-ortquantizer", {"preset": "avx2"}),
         VariantSpec("ov-fp32", "openvino", {"quantize": None}),
         VariantSpec("ov-int8-nncf", "openvino", {"quantize": "static", "precision": "int8"}),
+        # The same model with what is not INT8 computed in f32 (OpenVINO picks bf16 on AMX/AVX512-BF16 CPUs).
+        VariantSpec("ov-int8-f32-compute", "openvino", {"quantize": "static", "precision": "int8",
+                                                        "ov_config": {"INFERENCE_PRECISION_HINT": "f32"}}),
         VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
         VariantSpec("ov-int8-symmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=True).to_dict(),

@@ -67,10 +67,15 @@ SMOOTHING_MAX_LENGTH = 512
 # What StaticQuantConfig(symmetric="auto") means here: asymmetric u8 activations; symmetric s8 lost a point of
 # SST-2 accuracy on fine-tuned MiniLM.
 SYMMETRIC_ACTIVATIONS = False
-# What StaticQuantConfig(smoothing_alpha="auto") means here: SmoothQuant with alpha 0.5 on the LayerNorm-fed GEMMs
-# of the plain graph (Q/K/V share a scale). Fine-tuned MiniLM, VNNI Xeon: SQuAD F1 -0.95 -> -0.09 (alpha 0.3 and
-# 0.7: -0.48, -0.49), SST-2 agreement 98.78 -> 99.22% (benchmarks/RESULTS.md).
-STATIC_SMOOTHING_ALPHA = 0.5
+# What StaticQuantConfig(smoothing_alpha="auto") means here: SmoothQuant on the LayerNorm-fed GEMMs of the plain
+# graph (Q/K/V share a scale). Fine-tuned MiniLM, VNNI Xeon, attention MatMuls in INT8: SQuAD F1 -0.95 -> -0.09 with
+# alpha 0.5 (0.3 and 0.7: -0.48, -0.49). Zen 4, attention MatMuls in FP32 (the default since): alpha 0.7 against
+# 0.5 SQuAD -0.22 vs -0.52, SST-2 agreement 99.29 vs 99.08% on 10,000 sentences (benchmarks/RESULTS.md).
+STATIC_SMOOTHING_ALPHA = 0.7
+# What StaticQuantConfig(activation_matmuls="auto") means here: attention's Q x K^T and P x V stay FP32. One static
+# range per input cost the most fidelity of anything static quantizes (Zen 4, fine-tuned MiniLM: SQuAD answers equal
+# to FP32 85.9 -> 90.3%, SST-2 dev -0.69 -> +0.34), and they are a small share of the GEMM work (same speed).
+QUANTIZE_ACTIVATION_MATMULS = False
 # IO binding for causal LMs on CPU (KV buffers allocated once per generate()) stays opt-in: on a quiet machine
 # (benchmarks/results/generation_speed.md, GPT-2 small shape, prompt 32, 64 new tokens, fresh processes) it was
 # no faster: w8 28.3 vs 27.1 ms/token without it at batch 1, 36.4 vs 36.0 at batch 4; FP32 34.7 vs 34.0.
@@ -132,6 +137,13 @@ def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str],
             used.add(pattern)
     unused = check_patterns_used(config.exclude, used, "quantizable node")
     return excluded, unused
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMul nodes whose inputs are all computed (no initializer, no Constant): attention's Q x K^T and P x V."""
+    constants = {t.name for t in model.graph.initializer}
+    constants.update(out for node in model.graph.node if node.op_type == "Constant" for out in node.output)
+    return [node.name for node in model.graph.node if node.op_type == "MatMul" and not constants.intersection(node.input)]
 
 
 def quantized_units(model: onnx.ModelProto, op_types, excluded) -> list[str]:
@@ -347,6 +359,11 @@ class OnnxRuntimeBackend(Backend):
         # its transformer-fused graph breaks bias quantization of the pooler/classifier Gemms.
         op_types = config.op_types or STATIC_OP_TYPES
         nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
+        quantize_matmuls = config.quantize_activation_matmuls(QUANTIZE_ACTIVATION_MATMULS)
+        kept_matmuls = [] if quantize_matmuls else [
+            name for name in activation_matmuls(model) if name not in nodes_to_exclude
+        ]
+        nodes_to_exclude += kept_matmuls
         alpha = config.smoothing(STATIC_SMOOTHING_ALPHA)
         smoothing = {"applied": False, "reason": "smoothing_alpha=None"}
         if alpha is not None:
@@ -392,6 +409,7 @@ class OnnxRuntimeBackend(Backend):
             "reduce_range": reduce_range,
             "symmetric_activations": symmetric,
             "smoothing": smoothing,
+            "activation_matmuls": {"quantized": quantize_matmuls, "kept_fp32": kept_matmuls},
             "quantized_units": quantized_units(model, op_types, nodes_to_exclude),
             "calibration_samples": len(feeds),
             "unbounded_tensors": sorted(unbounded),
