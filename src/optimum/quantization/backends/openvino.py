@@ -217,6 +217,9 @@ class OpenVINOBackend(Backend):
         cls = self.model_class(recipe.task)
         if recipe.task == "text-generation":
             load_kwargs.setdefault("use_cache", True)
+        stored = recipe.details.get("precision", {}).get("chosen")
+        if stored is not None:
+            load_kwargs["ov_config"] = openvino_precision.load_config(stored, load_kwargs.get("ov_config"))
         model = cls.from_pretrained(path, **load_kwargs)
         model.quantization_recipe = recipe
         return model
