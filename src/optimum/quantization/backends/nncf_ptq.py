@@ -16,6 +16,7 @@ from ..configuration import StaticQuantConfig, WeightOnlyQuantConfig
 from ..errors import ConfigError
 from ..presets import DEFAULT_EXCLUDE
 from .base import check_patterns_used, matches_any
+from .openvino_precision import INT8_COMPUTE
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,8 @@ def quantize_static(
     def validate(compiled: ov.CompiledModel, items) -> float:
         return float(accuracy.metric(run_compiled(compiled, items)))
 
-    fp32_metric = validate(ov.Core().compile_model(model, "CPU"), validation_feeds)
+    # Both metrics as computed in f32 outside INT8: the reference is really FP32, and the INT8 model loads that way.
+    fp32_metric = validate(ov.Core().compile_model(model, "CPU", INT8_COMPUTE), validation_feeds)
     kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(feeds), nncf.Dataset(validation_feeds), validate,
@@ -164,7 +166,7 @@ def quantize_static(
         ),
         **kwargs,
     )
-    int8_metric = validate(ov.Core().compile_model(quantized, "CPU"), validation_feeds)
+    int8_metric = validate(ov.Core().compile_model(quantized, "CPU", INT8_COMPUTE), validation_feeds)
     drop = fp32_metric - int8_metric
     if accuracy.drop_type == "relative" and fp32_metric:
         drop /= abs(fp32_metric)
