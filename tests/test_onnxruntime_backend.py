@@ -83,7 +83,7 @@ def test_static_calibration_methods_work_on_bert(tiny_dir, method):
     ops = int8_op_counts(graph)
     # Every quantized MatMul/Gemm gets its activations through a QuantizeLinear -> DequantizeLinear pair; attention's
     # activation x activation MatMuls stay FP32 (activation_matmuls="auto").
-    kept = model.quantization_recipe.details["activation_matmuls"]["kept_fp32"]
+    kept = model.quantization_recipe.details["activation_matmuls"]["kept_float"]
     matmuls = sum(1 for n in graph.graph.node if n.op_type == "MatMul" and n.name not in kept)
     assert ops["QuantizeLinear"] >= matmuls > 0 and len(kept) == 4
     # The classifier head stays FP32 (default exclusion) and is recorded as such.

@@ -296,9 +296,7 @@ def test_benchmark_variant_ov_int8_auto_times_with_the_benchmark_threads_and_rep
     assert row["precision"]["chosen"] == "fp32" and row["precision"]["requested"] == "auto"
     assert '- `ov-int8-auto`: precision="auto" stored **fp32**: measured fastest' in evaluation_markdown(result)
     # The FP32 IR computes in bf16 where the CPU plugin can (AMX/AVX512-BF16): the row and the report say which.
-    import openvino as ov
-
-    expected = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    expected = "bf16" if bf16_capable() else "f32"
     assert row["inference_precision"] == expected
     assert ("OpenVINO computed in **bf16**" in evaluation_markdown(result)) == (expected == "bf16")
 
@@ -323,6 +321,47 @@ def test_pick_fastest_prefers_the_smaller_file_within_the_margin():
     pick = openvino_precision.pick_fastest
     assert pick({"int8": 50.0, "int8-weights": 52.0, "fp32": 90.0}, sizes)[0] == "int8-weights"
     assert pick({"int8": 50.0, "int8-weights": 60.0, "fp32": 90.0}, sizes)[0] == "int8"
+
+
+def test_activation_matmuls_follow_weights_through_convert_and_transpose():
+    """Attention exported without ScaledDotProductAttention: only the MatMul of two activations is listed."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from optimum.quantization.backends.nncf_ptq import activation_matmuls
+
+    x = ops.parameter([2, 4], np.float32, name="x")
+    by_weight = ops.matmul(x, ops.convert(ops.constant(np.ones((4, 4), np.float16)), np.float32), False, False)
+    transposed = ops.transpose(ops.constant(np.ones((4, 4), np.float32)), ops.constant(np.array([1, 0])))
+    by_transposed_weight = ops.matmul(by_weight, transposed, False, False)
+    scores = ops.matmul(by_weight, by_transposed_weight, False, True)
+    for node, name in ((by_weight, "by_weight"), (by_transposed_weight, "by_transposed_weight"), (scores, "scores")):
+        node.set_friendly_name(name)
+    assert activation_matmuls(ov.Model([scores], [x])) == ["scores"]
+
+
+def test_auto_times_each_candidate_compiled_as_it_will_load(static_classifier, monkeypatch):
+    """The INT8 candidate is timed with the f32 hint it loads with; the others with the caller's settings only."""
+    import openvino as ov
+
+    _, model, _ = static_classifier
+    compiled = {}
+    real = ov.Core.compile_model
+
+    def recording(self, candidate, device, config=None):
+        compiled[candidate.get_friendly_name()] = config
+        return real(self, candidate, device, config or {})
+
+    monkeypatch.setattr(ov.Core, "compile_model", recording)
+    fp32 = model.model.clone()
+    fp32.set_friendly_name("as-fp32")
+    int8 = model.model.clone()
+    int8.set_friendly_name("as-int8")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(static_classifier[0])
+    feeds = [dict(tokenizer(SENTENCES[0], return_tensors="np"))]
+    measured = openvino_precision.time_candidates({"int8": int8, "fp32": fp32}, feeds, "CPU", {})
+    assert set(measured) == {"int8", "fp32"}
+    assert compiled == {"as-int8": {"INFERENCE_PRECISION_HINT": "f32"}, "as-fp32": {}}
 
 
 def test_fixed_precisions_are_not_measured():
@@ -494,9 +533,13 @@ def bf16_capable() -> bool:
 def test_static_int8_computes_in_f32_unless_the_ov_config_says_otherwise(static_classifier, tmp_path):
     """OpenVINO would run a static INT8 IR's float parts in bf16 on AMX/AVX512-BF16 CPUs; ours compile in f32."""
     _, model, _ = static_classifier
+    assert model.ov_config["INFERENCE_PRECISION_HINT"] == "f32"  # what we asked for, on any CPU
     assert openvino_precision.inference_precision(model) == "f32"
     model.save_pretrained(tmp_path / "saved")
-    assert openvino_precision.inference_precision(QuantModelForSequenceClassification.from_pretrained(tmp_path / "saved")) == "f32"
+    reloaded = QuantModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert reloaded.ov_config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert openvino_precision.inference_precision(reloaded) == "f32"
+    assert openvino_precision.load_config("int8", None, device="GPU") is None  # f32 is a CPU default only
     assert openvino_precision.load_config("int8", {"INFERENCE_PRECISION_HINT": "bf16", "X": 1}) == {
         "INFERENCE_PRECISION_HINT": "bf16", "X": 1}  # the caller's setting wins
     assert openvino_precision.load_config("int8-weights", None) is None  # other precisions: OpenVINO's choice
@@ -508,13 +551,20 @@ def test_static_int8_computes_in_f32_unless_the_ov_config_says_otherwise(static_
     assert openvino_precision.inference_precision(told) == "bf16"
 
 
-def test_benchmark_variant_ov_config_option_reaches_the_compiled_model(tiny_dir, monkeypatch):
-    """`ov-int8-bf16-compute` is `ov-int8-nncf` compiled with INFERENCE_PRECISION_HINT=bf16 (variant option ov_config)."""
+def test_benchmark_variant_ov_config_option_reaches_the_model(tiny_dir, tmp_path, monkeypatch):
+    """`ov-int8-bf16-compute` is `ov-int8-nncf` loaded with INFERENCE_PRECISION_HINT=bf16 (variant option ov_config)."""
     from optimum.quantization.side_by_side import run_evaluation
+    from optimum.quantization.variants import OpenVINOQuantized, parse_variant
 
-    if not bf16_capable():
-        pytest.skip("this CPU has no bf16: the hint cannot show in the compiled model")
     monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
+    folder = tmp_path / "built"
+    QuantModelForSequenceClassification.from_pretrained(
+        tiny_dir("text-classification"), backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES,
+        precision="int8").save_pretrained(folder)
+    loaded = OpenVINOQuantized().load(parse_variant("ov-int8-bf16-compute"), folder, "text-classification", 2)
+    assert loaded.ov_config["INFERENCE_PRECISION_HINT"] == "bf16"  # the option wins over our f32 default
+    if not bf16_capable():
+        pytest.skip("checked the hint reaches the model; this CPU has no bf16, so the compiled precision cannot show it")
     threads = torch.get_num_threads()
     result = run_evaluation(str(tiny_dir("text-classification")), "text-classification", {"texts": SENTENCES, "labels": None},
                             variants=["ov-int8-nncf", "ov-int8-bf16-compute"], threads=threads)

@@ -25,7 +25,9 @@ def test_activation_matmuls_are_the_matmuls_without_a_constant_input():
         [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((4, 4), np.float32))),
          helper.make_node("MatMul", ["x", "w"], ["a"], name="by_initializer"),
          helper.make_node("MatMul", ["a", "c"], ["b"], name="by_constant_node"),
-         helper.make_node("MatMul", ["a", "b"], ["y"], name="scores")],
+         helper.make_node("Transpose", ["w"], ["wt"], name="transpose_weight"),
+         helper.make_node("MatMul", ["b", "wt"], ["d"], name="by_transposed_weight"),
+         helper.make_node("MatMul", ["a", "d"], ["y"], name="scores")],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [weight],
     )
@@ -37,15 +39,15 @@ def test_ort_static_keeps_activation_matmuls_fp32_by_default_and_quantizes_them_
     reference, inputs = fp32_logits(folder)
     default = QuantModelForSequenceClassification.from_pretrained(folder, quantize=CONFIG, calibration_dataset=SENTENCES)
     details = default.quantization_recipe.details["activation_matmuls"]
-    assert details["quantized"] is False and len(details["kept_fp32"]) == 2 * LAYERS  # Q x K^T and P x V per layer
-    assert set(details["kept_fp32"]) <= set(default.quantization_recipe.details["excluded_nodes"])
-    assert not any(_dequantized_inputs(default, details["kept_fp32"]).values())
+    assert details["quantized"] is False and len(details["kept_float"]) == 2 * LAYERS  # Q x K^T and P x V per layer
+    assert set(details["kept_float"]) <= set(default.quantization_recipe.details["excluded_nodes"])
+    assert not any(_dequantized_inputs(default, details["kept_float"]).values())
     assert_close_to_fp32(reference, default(**inputs).logits.numpy())
 
     quantized = QuantModelForSequenceClassification.from_pretrained(
         folder, quantize=CONFIG.replace(activation_matmuls=True), calibration_dataset=SENTENCES)
-    assert quantized.quantization_recipe.details["activation_matmuls"] == {"quantized": True, "kept_fp32": []}
-    assert all(_dequantized_inputs(quantized, details["kept_fp32"]).values())
+    assert quantized.quantization_recipe.details["activation_matmuls"] == {"quantized": True, "kept_float": []}
+    assert all(_dequantized_inputs(quantized, details["kept_float"]).values())
 
 
 def _dequantized_inputs(model, names) -> dict[str, bool]:

@@ -264,7 +264,7 @@ class OpenVINOQuantized(OurQuantized):
 
     @staticmethod
     def _compile_settings(spec, threads: int | None) -> dict:
-        return {**_ov_config(threads), **spec.options.get("ov_config", {})}
+        return {**_ov_config(threads), **(spec.options.get("ov_config") or {})}
 
 
 @register_variant_kind("optimum-intel-ovquantizer")

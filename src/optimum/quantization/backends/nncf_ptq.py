@@ -53,21 +53,19 @@ def ignored_scope(model: ov.Model, patterns: Sequence[str], user_patterns: Seque
     return names, check_patterns_used(user_patterns, used, "weighted OpenVINO node")
 
 
-def _is_constant(output: ov.Output) -> bool:
-    node = output.get_node()
-    while node.get_type_name() == "Convert":  # FP16-stored weights are decompressed by a Convert
-        node = node.input_value(0).get_node()
-    return node.get_type_name() == "Constant"
-
-
 def activation_matmuls(model: ov.Model) -> list[str]:
     """Attention's products of two activations: ScaledDotProductAttention ops (NNCF quantizes their Q and K inputs)
-    and MatMuls without a constant input (attention exported without SDPA)."""
-    return [
-        op.get_friendly_name() for op in model.get_ops()
-        if op.get_type_name() == "ScaledDotProductAttention"
-        or (op.get_type_name() == "MatMul" and not any(_is_constant(value) for value in op.input_values()))
-    ]
+    and MatMuls without a constant input (attention exported without SDPA). A value is constant when it comes from
+    constants only (a Constant, or a Convert that decompresses an FP16-stored weight)."""
+    constant: dict[str, bool] = {}
+    names = []
+    for op in model.get_ordered_ops():  # producers before consumers
+        inputs = [constant[value.get_node().get_name()] for value in op.input_values()]  # unique, unlike friendly names
+        kind = op.get_type_name()
+        constant[op.get_name()] = kind == "Constant" or (kind != "Parameter" and bool(inputs) and all(inputs))
+        if kind == "ScaledDotProductAttention" or (kind == "MatMul" and not any(inputs)):
+            names.append(op.get_friendly_name())
+    return names
 
 
 def static_exclusions(config: StaticQuantConfig) -> list[str]:

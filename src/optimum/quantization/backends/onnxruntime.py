@@ -140,10 +140,16 @@ def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str],
 
 
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
-    """MatMul nodes whose inputs are all computed (no initializer, no Constant): attention's Q x K^T and P x V."""
+    """MatMul nodes with no constant input (attention's Q x K^T and P x V). A tensor is constant when it is an
+    initializer or computed from constants only (a Constant node, a Transpose or Cast of a weight)."""
     constants = {t.name for t in model.graph.initializer}
-    constants.update(out for node in model.graph.node if node.op_type == "Constant" for out in node.output)
-    return [node.name for node in model.graph.node if node.op_type == "MatMul" and not constants.intersection(node.input)]
+    matmuls = []
+    for node in model.graph.node:  # topologically sorted, as ONNX requires
+        if all(name in constants for name in node.input if name):
+            constants.update(node.output)
+        elif node.op_type == "MatMul" and not constants.intersection(node.input):
+            matmuls.append(node.name)
+    return matmuls
 
 
 def quantized_units(model: onnx.ModelProto, op_types, excluded) -> list[str]:
@@ -409,7 +415,7 @@ class OnnxRuntimeBackend(Backend):
             "reduce_range": reduce_range,
             "symmetric_activations": symmetric,
             "smoothing": smoothing,
-            "activation_matmuls": {"quantized": quantize_matmuls, "kept_fp32": kept_matmuls},
+            "activation_matmuls": {"quantized": quantize_matmuls, "kept_float": kept_matmuls},
             "quantized_units": quantized_units(model, op_types, nodes_to_exclude),
             "calibration_samples": len(feeds),
             "unbounded_tensors": sorted(unbounded),

@@ -217,9 +217,10 @@ class OpenVINOBackend(Backend):
         cls = self.model_class(recipe.task)
         if recipe.task == "text-generation":
             load_kwargs.setdefault("use_cache", True)
-        stored = recipe.details.get("precision", {}).get("chosen")
+        stored = (recipe.details.get("precision") or {}).get("chosen")
         if stored is not None:
-            load_kwargs["ov_config"] = openvino_precision.load_config(stored, load_kwargs.get("ov_config"))
+            load_kwargs["ov_config"] = openvino_precision.load_config(
+                stored, load_kwargs.get("ov_config"), load_kwargs.get("device"))
         model = cls.from_pretrained(path, **load_kwargs)
         model.quantization_recipe = recipe
         return model
