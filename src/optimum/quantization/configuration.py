@@ -62,6 +62,12 @@ def _check_smoothing_alpha(value, allow_auto: bool = False) -> None:
         raise ConfigError(f"`smoothing_alpha` must be None{auto} or a number in (0, 1), got {value!r}.")
 
 
+def _check_bool_or_auto(name: str, value) -> None:
+    # The type check keeps 1 and 0, which equal True and False, out.
+    if value not in (True, False, "auto") or not isinstance(value, (bool, str)):
+        raise ConfigError(f"`{name}` must be True, False or 'auto', got {value!r}.")
+
+
 def _check_reduce_range(value, choices=(True, False, "auto")) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
@@ -216,11 +222,9 @@ class StaticQuantConfig(_QuantConfigBase):
         if not isinstance(self.calibration, CalibrationConfig):
             raise ConfigError(f"`calibration` must be a CalibrationConfig, dict or method name, got {self.calibration!r}.")
         _check_choice("static format", self.format, STATIC_FORMATS)
-        if self.symmetric not in (True, False, "auto") or not isinstance(self.symmetric, (bool, str)):
-            raise ConfigError(f"`symmetric` must be True, False or 'auto', got {self.symmetric!r}.")
+        _check_bool_or_auto("symmetric", self.symmetric)
         _check_smoothing_alpha(self.smoothing_alpha, allow_auto=True)
-        if self.activation_matmuls not in (True, False, "auto") or not isinstance(self.activation_matmuls, (bool, str)):
-            raise ConfigError(f"`activation_matmuls` must be True, False or 'auto', got {self.activation_matmuls!r}.")
+        _check_bool_or_auto("activation_matmuls", self.activation_matmuls)
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:
