@@ -14,123 +14,62 @@ typedef long (*kernel_fn)(long reps, float *sink);
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
-/* The inputs are loop-invariant: an empty asm that "changes" them keeps the compiler from hoisting
- * the work out of the loop (it would hoist AVX2's vpmaddubsw + vpmaddwd). */
+/* The inputs are loop-invariant: an empty asm that "changes" one keeps the compiler from hoisting work out of the
+ * loop (it would hoist AVX2's vpmaddubsw + vpmaddwd, which do not depend on the accumulator). */
 #define HIDE(v) __asm__ volatile("" : "+v"(v))
-#define UNROLL12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 
-__attribute__((target("avx2,fma"))) static long fp32_fma_ymm(long reps, float *sink) {
-    __m256 a = _mm256_set1_ps(1.0001f), b = _mm256_set1_ps(0.9999f);
-#define DECL(i) __m256 c##i = _mm256_set1_ps((float)i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) c##i = _mm256_fmadd_ps(a, b, c##i);
-        UNROLL12(STEP)
-#undef STEP
+/* One kernel per instruction kind: 12 accumulators IN_T/ACC_T wide, each updated by STEP(acc, a, b) every
+ * iteration, LANES multiply-adds per update; ADD sums the accumulators at the end, FIRST reads one lane into the sink
+ * (so the compiler cannot drop the loop). HIDE(a) before every update keeps AVX2's a x b out of the loop. */
+#define KERNEL(NAME, TARGET, IN_T, ACC_T, SET_IN, SET_ACC, STEP, ADD, FIRST, LANES)                   \
+    __attribute__((target(TARGET))) static long NAME(long reps, float *sink) {                      \
+        IN_T a = SET_IN(3), b = SET_IN(5);                                                          \
+        ACC_T c[12];                                                                                \
+        for (int k = 0; k < 12; k++) c[k] = SET_ACC(k);                                             \
+        for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {                          \
+            HIDE(b);                                                                                \
+            HIDE(a); c[0] = STEP(c[0], a, b);  HIDE(a); c[1] = STEP(c[1], a, b);                    \
+            HIDE(a); c[2] = STEP(c[2], a, b);  HIDE(a); c[3] = STEP(c[3], a, b);                    \
+            HIDE(a); c[4] = STEP(c[4], a, b);  HIDE(a); c[5] = STEP(c[5], a, b);                    \
+            HIDE(a); c[6] = STEP(c[6], a, b);  HIDE(a); c[7] = STEP(c[7], a, b);                    \
+            HIDE(a); c[8] = STEP(c[8], a, b);  HIDE(a); c[9] = STEP(c[9], a, b);                    \
+            HIDE(a); c[10] = STEP(c[10], a, b); HIDE(a); c[11] = STEP(c[11], a, b);                 \
+        }                                                                                           \
+        ACC_T s = c[0];                                                                             \
+        for (int k = 1; k < 12; k++) s = ADD(s, c[k]);                                              \
+        *sink = FIRST(s);                                                                           \
+        return reps * ITERS * 12 * LANES;                                                           \
     }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)), _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
-    *sink = _mm256_cvtss_f32(s);
-    return reps * ITERS * 12 * 8;
-}
 
-__attribute__((target("avx512f"))) static long fp32_fma_zmm(long reps, float *sink) {
-    __m512 a = _mm512_set1_ps(1.0001f), b = _mm512_set1_ps(0.9999f);
-#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) c##i = _mm512_fmadd_ps(a, b, c##i);
-        UNROLL12(STEP)
-#undef STEP
-    }
-    __m512 s = c0;
-#define SUM(i) s = _mm512_add_ps(s, c##i);
-    UNROLL12(SUM)
-#undef SUM
-    *sink = _mm512_reduce_add_ps(s);
-    return reps * ITERS * 12 * 16;
-}
+/* Inputs: small integers, or 1.0 in bf16 (0x3f80); their values do not change the instruction's speed. */
+#define SET_PS256(v) _mm256_set1_ps((float)(v) * 0.25f)
+#define SET_PS512(v) _mm512_set1_ps((float)(v) * 0.25f)
+#define SET_I8_256(v) _mm256_set1_epi8((char)(v))
+#define SET_I8_512(v) _mm512_set1_epi8((char)(v))
+#define SET_I32_256(v) _mm256_set1_epi32(v)
+#define SET_I32_512(v) _mm512_set1_epi32(v)
+#define SET_BF16_512(v) ((__m512bh)_mm512_set1_epi16(0x3f80))
 
-/* u8 x s8 without VNNI: vpmaddubsw (pairs into s16, saturating) + vpmaddwd (to s32) + vpaddd, as MLAS does on AVX2. */
-__attribute__((target("avx2"))) static long int8_avx2_ymm(long reps, float *sink) {
-    __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(5), ones = _mm256_set1_epi16(1);
-#define DECL(i) __m256i c##i = _mm256_set1_epi32(i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) HIDE(a); c##i = _mm256_add_epi32(c##i, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
-        UNROLL12(STEP)
-#undef STEP
-    }
-    __m256i s = c0;
-#define SUM(i) s = _mm256_add_epi32(s, c##i);
-    UNROLL12(SUM)
-#undef SUM
-    *sink = (float)_mm256_extract_epi32(s, 0);
-    return reps * ITERS * 12 * 32;
-}
+#define FMA256(c, a, b) _mm256_fmadd_ps(a, b, c)
+#define FMA512(c, a, b) _mm512_fmadd_ps(a, b, c)
+/* u8 x s8 without VNNI, as MLAS does on AVX2: pairs into s16 (saturating), then pairs into s32, then accumulate. */
+#define MADD_AVX2(c, a, b) _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+#define DPBUSD256(c, a, b) _mm256_dpbusd_avx_epi32(c, a, b)
+#define DPBUSD512(c, a, b) _mm512_dpbusd_epi32(c, a, b)
+#define DPBF16(c, a, b) _mm512_dpbf16_ps(c, a, b)
 
-__attribute__((target("avx512f,avx512vnni"))) static long int8_vnni_zmm(long reps, float *sink) {
-    __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5);
-#define DECL(i) __m512i c##i = _mm512_set1_epi32(i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) c##i = _mm512_dpbusd_epi32(c##i, a, b);
-        UNROLL12(STEP)
-#undef STEP
-    }
-    __m512i s = c0;
-#define SUM(i) s = _mm512_add_epi32(s, c##i);
-    UNROLL12(SUM)
-#undef SUM
-    *sink = (float)_mm512_reduce_add_epi32(s);
-    return reps * ITERS * 12 * 64;
-}
+#define FIRST_PS256(s) _mm256_cvtss_f32(s)
+#define FIRST_PS512(s) _mm512_cvtss_f32(s)
+#define FIRST_I32_256(s) ((float)_mm256_extract_epi32(s, 0))
+#define FIRST_I32_512(s) ((float)_mm_cvtsi128_si32(_mm512_castsi512_si128(s)))
 
-__attribute__((target("avxvnni"))) static long int8_avxvnni_ymm(long reps, float *sink) {
-    __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(5);
-#define DECL(i) __m256i c##i = _mm256_set1_epi32(i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) c##i = _mm256_dpbusd_avx_epi32(c##i, a, b);
-        UNROLL12(STEP)
-#undef STEP
-    }
-    __m256i s = c0;
-#define SUM(i) s = _mm256_add_epi32(s, c##i);
-    UNROLL12(SUM)
-#undef SUM
-    *sink = (float)_mm256_extract_epi32(s, 0);
-    return reps * ITERS * 12 * 32;
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static long bf16_dot_zmm(long reps, float *sink) {
-    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f80);
-#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
-    UNROLL12(DECL)
-#undef DECL
-    for (long r = 0; r < reps; r++) for (long i = 0; i < ITERS; i++) {
-        HIDE(a); HIDE(b);
-#define STEP(i) c##i = _mm512_dpbf16_ps(c##i, a, b);
-        UNROLL12(STEP)
-#undef STEP
-    }
-    __m512 s = c0;
-#define SUM(i) s = _mm512_add_ps(s, c##i);
-    UNROLL12(SUM)
-#undef SUM
-    *sink = _mm512_reduce_add_ps(s);
-    return reps * ITERS * 12 * 32;
-}
+KERNEL(fp32_fma_ymm, "avx2,fma", __m256, __m256, SET_PS256, SET_PS256, FMA256, _mm256_add_ps, FIRST_PS256, 8)
+KERNEL(fp32_fma_zmm, "avx512f", __m512, __m512, SET_PS512, SET_PS512, FMA512, _mm512_add_ps, FIRST_PS512, 16)
+KERNEL(int8_avx2_ymm, "avx2", __m256i, __m256i, SET_I8_256, SET_I32_256, MADD_AVX2, _mm256_add_epi32, FIRST_I32_256, 32)
+KERNEL(int8_avxvnni_ymm, "avxvnni", __m256i, __m256i, SET_I8_256, SET_I32_256, DPBUSD256, _mm256_add_epi32, FIRST_I32_256, 32)
+KERNEL(int8_vnni_zmm, "avx512f,avx512vnni", __m512i, __m512i, SET_I8_512, SET_I32_512, DPBUSD512, _mm512_add_epi32,
+       FIRST_I32_512, 64)
+KERNEL(bf16_dot_zmm, "avx512f,avx512bf16", __m512bh, __m512, SET_BF16_512, SET_PS512, DPBF16, _mm512_add_ps, FIRST_PS512, 32)
 
 struct kernel { const char *name; const char *needs; kernel_fn fn; };
 static const struct kernel KERNELS[] = {
