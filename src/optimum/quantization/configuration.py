@@ -62,6 +62,11 @@ def _check_smoothing_alpha(value, allow_auto: bool = False) -> None:
         raise ConfigError(f"`smoothing_alpha` must be None{auto} or a number in (0, 1), got {value!r}.")
 
 
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"`{name}` must be True or False, got {value!r}.")
+
+
 def _check_bool_or_auto(name: str, value) -> None:
     # The type check keeps 1 and 0, which equal True and False, out.
     if value not in (True, False, "auto") or not isinstance(value, (bool, str)):
@@ -158,6 +163,10 @@ class DynamicQuantConfig(_QuantConfigBase):
     `calibration_dataset`. Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
     words instead (`calibration.random_word_examples`); `None` there skips smoothing when no data is given, and
     `smoothing_alpha=None` turns it off. The recipe says which statistics were used, or why smoothing was skipped.
+
+    `fuse_layer_norm` (ONNX Runtime, fused encoder graphs): False keeps residual adds apart from LayerNorm and bias
+    adds apart from GELU, and our loader keeps ONNX Runtime from fusing them at load (`backends/ort_norm_fusion.py`);
+    True gives ONNX Runtime's `SkipLayerNormalization` and `BiasGelu`. Same function, different speed.
     """
 
     reduce_range_choices: ClassVar[tuple] = (True, False, "auto", "pair-safe")
@@ -167,11 +176,13 @@ class DynamicQuantConfig(_QuantConfigBase):
     smoothing_alpha: float | None = 0.5
     smoothing_samples: int = 64
     smoothing_without_data: str | None = "random-words"
+    fuse_layer_norm: bool = False
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
+        _check_bool("fuse_layer_norm", self.fuse_layer_norm)
         if self.smoothing_without_data not in SMOOTHING_WITHOUT_DATA:
             raise ConfigError(
                 f"`smoothing_without_data` must be 'random-words' or None, got {self.smoothing_without_data!r}."
@@ -203,6 +214,9 @@ class StaticQuantConfig(_QuantConfigBase):
     -0.69 to +0.34, at the same speed. On OpenVINO it keeps NNCF's transformer scheme, which quantizes the Q and K
     inputs of ScaledDotProductAttention: keeping them float there made no difference beyond noise
     (`benchmarks/RESULTS.md`).
+
+    `fuse_layer_norm` (ONNX Runtime): False has our loader keep ONNX Runtime from fusing residual adds into LayerNorm
+    and bias adds into GELU when it loads the graph (`backends/ort_norm_fusion.py`); True lets it. Same function.
     """
 
     requires_calibration: ClassVar[bool] = True
@@ -213,6 +227,7 @@ class StaticQuantConfig(_QuantConfigBase):
     symmetric: Union[bool, str] = "auto"
     smoothing_alpha: Union[float, str, None] = "auto"
     activation_matmuls: Union[bool, str] = "auto"
+    fuse_layer_norm: bool = False
 
     def __post_init__(self):
         if isinstance(self.calibration, dict):
@@ -225,6 +240,7 @@ class StaticQuantConfig(_QuantConfigBase):
         _check_bool_or_auto("symmetric", self.symmetric)
         _check_smoothing_alpha(self.smoothing_alpha, allow_auto=True)
         _check_bool_or_auto("activation_matmuls", self.activation_matmuls)
+        _check_bool("fuse_layer_norm", self.fuse_layer_norm)
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:

@@ -38,6 +38,7 @@ from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .generate_threads import RuntimeGenerateThreadsMixin
 from .ort_kv_buffers import PreallocatedKVBindingMixin
 from .ort_embeddings import EMBEDDING_OP, folding_session_options, has_per_row_tables, store_tables_per_row
+from .ort_norm_fusion import UNFUSED_AT_LOAD, fusion_options, unfused_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,9 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
-def fuse_graph(onnx_path: Path, output_path: Path, model_config) -> dict[str, int] | None:
-    """Fuse attention, layer norms and GELU for the BERT family (ORT's transformer optimizer).
+def fuse_graph(onnx_path: Path, output_path: Path, model_config, fuse_norms: bool = True) -> dict[str, int] | None:
+    """Fuse attention, layer norms and GELU for the BERT family (ORT's transformer optimizer); with
+    `fuse_norms=False`, residual adds stay apart from LayerNorm and bias adds from GELU (`ort_norm_fusion`).
 
     Returns the fused-operator counts, or None when the architecture gains nothing from it.
     """
@@ -189,6 +191,7 @@ def fuse_graph(onnx_path: Path, output_path: Path, model_config) -> dict[str, in
         num_heads=getattr(model_config, "num_attention_heads", 0) or 0,
         hidden_size=getattr(model_config, "hidden_size", 0) or 0,
         opt_level=0,  # only the transformer fusions: the saved graph stays portable across ORT builds
+        optimization_options=fusion_options(fuse_norms),
     )
     optimized.save_model_to_file(str(output_path))
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
@@ -279,6 +282,9 @@ class OnnxRuntimeBackend(Backend):
             load_kwargs.setdefault("use_io_binding", CAUSAL_LM_IO_BINDING_DEFAULT)
         if recipe.details.get("per_row_tables"):
             load_kwargs["session_options"] = folding_session_options(load_kwargs.get("session_options"))
+        if recipe.details.get("unfused_at_load"):
+            load_kwargs["session_options"] = unfused_session_options(recipe.details["unfused_at_load"],
+                                                                     load_kwargs.get("session_options"))
         model = cls.from_pretrained(path, file_name=MODEL_FILE, **load_kwargs)
         model.quantization_recipe = recipe
         return model
@@ -308,9 +314,11 @@ class OnnxRuntimeBackend(Backend):
         model_config = AutoConfig.from_pretrained(export_dir)
         if config.optimize_graph:
             fused_path = work_dir / "fused.onnx"
-            fused = fuse_graph(src, fused_path, model_config)
+            fused = fuse_graph(src, fused_path, model_config, fuse_norms=config.fuse_layer_norm)
             if fused is not None:
                 details["fused_ops"] = fused
+                if not config.fuse_layer_norm:
+                    details["unfused_at_load"] = list(UNFUSED_AT_LOAD)
                 src = fused_path
         details["graph_fused"] = "fused_ops" in details
         op_types = config.op_types or DYNAMIC_OP_TYPES
@@ -416,6 +424,7 @@ class OnnxRuntimeBackend(Backend):
             "symmetric_activations": symmetric,
             "smoothing": smoothing,
             "activation_matmuls": {"quantized": quantize_matmuls, "kept_float": kept_matmuls},
+            **({} if config.fuse_layer_norm else {"unfused_at_load": list(UNFUSED_AT_LOAD)}),
             "quantized_units": quantized_units(model, op_types, nodes_to_exclude),
             "calibration_samples": len(feeds),
             "unbounded_tensors": sorted(unbounded),

@@ -14,7 +14,6 @@ A plain ONNX Runtime session without it gives the same outputs but dequantizes t
 
 from __future__ import annotations
 
-import logging
 from typing import Collection
 
 import numpy as np
@@ -22,14 +21,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import QuantizationError
+from .ort_session import with_config_entry
 
 EMBEDDING_OP = "EmbedLayerNormalization"
 # Inputs 2 and 3 are the word and position tables; token types (2 rows) and gamma/beta (one row) stay FP32.
 TABLE_INPUTS = (2, 3)
 FOLD_DEQUANTIZE = ("session.disable_quant_qdq", "1")
 PER_AXIS_DEQUANTIZE_OPSET = 13
-
-logger = logging.getLogger(__name__)
 
 
 def has_per_row_tables(model: onnx.ModelProto) -> bool:
@@ -39,21 +37,8 @@ def has_per_row_tables(model: onnx.ModelProto) -> bool:
 
 
 def folding_session_options(options=None):
-    """Session options with FOLD_DEQUANTIZE: new ones, or the caller's with the entry added where they left it
-    unset (a value they set is kept). SessionOptions cannot be copied, so the caller's object gains the entry."""
-    import onnxruntime
-
-    if options is None:
-        options = onnxruntime.SessionOptions()
-    key, value = FOLD_DEQUANTIZE
-    try:
-        options.get_session_config_entry(key)
-        return options  # set by the caller: theirs to choose
-    except RuntimeError:  # not set
-        pass
-    options.add_session_config_entry(key, value)
-    logger.info("Added %s=%s to the given SessionOptions so ONNX Runtime folds the per-row embedding tables once.", key, value)
-    return options
+    """Session options with FOLD_DEQUANTIZE, added to the caller's unless they set it (`ort_session`)."""
+    return with_config_entry(options, *FOLD_DEQUANTIZE, "so ONNX Runtime folds the per-row embedding tables once")
 
 
 def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
