@@ -5,6 +5,7 @@ ops."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnxruntime
 import pytest
@@ -46,8 +47,31 @@ def test_dynamic_default_keeps_layer_norm_and_gelu_unfused(tiny_dir, tmp_path):
     options = model.model.get_session_options()
     assert options.get_session_config_entry(DISABLE_OPTIMIZERS) == "SkipLayerNormFusion;BiasGeluFusion"
     assert not _ops_after_load(onnx_file(model), options, tmp_path) & FUSED_NORM_OPS
+    # Without the entry ONNX Runtime would fuse the residual adds back into SkipLayerNormalization when it loads.
+    assert "SkipLayerNormalization" in _ops_after_load(onnx_file(model), onnxruntime.SessionOptions(), tmp_path)
     reference, inputs = fp32_logits(folder)
     assert_close_to_fp32(reference, model(**inputs).logits.numpy())
+
+
+def test_reloaded_model_keeps_layer_norm_unfused(tiny_dir, tmp_path):
+    """The saved recipe carries the fusions to turn off, so a reload, with or without the caller's SessionOptions,
+    runs the graph as stored and gives the same logits."""
+    folder = tiny_dir("text-classification")
+    model = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
+    model.save_pretrained(tmp_path / "saved")
+    _, inputs = fp32_logits(folder)
+    expected = model(**inputs).logits.numpy()
+    mine = onnxruntime.SessionOptions()
+    mine.intra_op_num_threads = 1
+    for session_options in (None, mine):
+        reloaded = QuantModelForSequenceClassification.from_pretrained(tmp_path / "saved", session_options=session_options)
+        assert reloaded.quantization_recipe.details["unfused_at_load"] == list(UNFUSED_AT_LOAD)
+        options = reloaded.model.get_session_options()
+        assert options.get_session_config_entry(DISABLE_OPTIMIZERS) == "SkipLayerNormFusion;BiasGeluFusion"
+        assert not _ops_after_load(onnx_file(reloaded), options, tmp_path) & FUSED_NORM_OPS
+        # Same graph and weights; only the thread count (and so float summation order) may differ.
+        np.testing.assert_allclose(reloaded(**inputs).logits.numpy(), expected, atol=1e-5)
+    assert mine.get_session_config_entry(DISABLE_OPTIMIZERS) == "SkipLayerNormFusion;BiasGeluFusion"
 
 
 def test_fuse_layer_norm_true_gives_onnx_runtimes_fused_ops(tiny_dir):
@@ -86,7 +110,7 @@ def test_session_entry_stops_onnx_runtime_fusing_at_load(tiny_dir, tmp_path):
     unfused = tmp_path / "unfused.onnx"
     fuse_graph(onnx_file(plain), unfused, AutoConfig.from_pretrained(folder), fuse_norms=False)
     assert "LayerNormalization" in _ops(unfused) and not _ops(unfused) & FUSED_NORM_OPS
-    assert "SkipLayerNormalization" in _ops_after_load(unfused, onnxruntime.SessionOptions(), tmp_path)
+    assert FUSED_NORM_OPS <= _ops_after_load(unfused, onnxruntime.SessionOptions(), tmp_path)
     kept = _ops_after_load(unfused, unfused_session_options(UNFUSED_AT_LOAD), tmp_path)
     assert "LayerNormalization" in kept and not kept & FUSED_NORM_OPS
 

@@ -15,7 +15,8 @@ def with_config_entry(options, key: str, value: str, why: str):
     if options is None:
         options = onnxruntime.SessionOptions()
     try:
-        options.get_session_config_entry(key)
+        chosen = options.get_session_config_entry(key)
+        logger.info("Kept the given SessionOptions' %s=%s; the graph runs best with %s, %s.", key, chosen, value, why)
         return options  # set by the caller: theirs to choose
     except RuntimeError:  # not set
         pass
