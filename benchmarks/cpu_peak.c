@@ -99,7 +99,10 @@ int main(int argc, char **argv) {
     pthread_t tid[256]; struct job jobs[256];
     if (threads < 1 || threads > 256) return 2;
     t = now();
-    for (int i = 0; i < threads; i++) { jobs[i] = (struct job){fn, reps, 0, 0}; pthread_create(&tid[i], NULL, run_job, &jobs[i]); }
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = (struct job){fn, reps, 0, 0};
+        if (pthread_create(&tid[i], NULL, run_job, &jobs[i]) != 0) { fprintf(stderr, "cannot start thread %d\n", i); return 3; }
+    }
     double macs = 0;
     for (int i = 0; i < threads; i++) { pthread_join(tid[i], NULL); macs += jobs[i].macs; }
     double elapsed = now() - t;

@@ -8,7 +8,8 @@ guess at the frequency. This script measures the peak instead:
 
 1. Peak: `cpu_peak.c` (compiled with gcc) runs each multiply-add instruction the CPU has (FP32 FMA, u8 x s8 with
    AVX2's `vpmaddubsw` pair, AVX512-VNNI / AVX-VNNI `vpdpbusd`, AVX512-BF16 `vdpbf16ps`) in 12 independent chains on
-   1 and on `--threads` threads, and reports multiply-adds per second.
+   1 and on `--threads` threads, and reports multiply-adds per second. AMX tiles are not measured: on an AMX Xeon
+   the INT8 and bf16 peaks are higher than these, and the floor this script reports is not the lowest there.
 2. Latency: builds the variants (BERT-base shape, random init, as `paired_latency.py`), loads each with its own loader
    and times them in turns in one process.
 3. Profile: a clone of each loaded model with the same settings plus the runtime's profiler (ONNX Runtime's
