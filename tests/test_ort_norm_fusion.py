@@ -115,11 +115,13 @@ def test_session_entry_stops_onnx_runtime_fusing_at_load(tiny_dir, tmp_path):
     assert "LayerNormalization" in kept and not kept & FUSED_NORM_OPS
 
 
-def test_caller_session_options_keep_the_optimizers_they_chose():
+def test_caller_session_options_keep_the_optimizers_they_disabled():
     chosen = onnxruntime.SessionOptions()
-    chosen.add_session_config_entry(DISABLE_OPTIMIZERS, "ConstantFolding")
+    chosen.add_session_config_entry(DISABLE_OPTIMIZERS, "ConstantFolding;BiasGeluFusion")
     assert unfused_session_options(UNFUSED_AT_LOAD, chosen) is chosen
-    assert chosen.get_session_config_entry(DISABLE_OPTIMIZERS) == "ConstantFolding"
+    assert chosen.get_session_config_entry(DISABLE_OPTIMIZERS) == "ConstantFolding;BiasGeluFusion;SkipLayerNormFusion"
+    assert unfused_session_options(UNFUSED_AT_LOAD, chosen) is chosen  # a second load adds nothing
+    assert chosen.get_session_config_entry(DISABLE_OPTIMIZERS) == "ConstantFolding;BiasGeluFusion;SkipLayerNormFusion"
 
 
 @pytest.mark.parametrize("config_class", [DynamicQuantConfig, StaticQuantConfig])
