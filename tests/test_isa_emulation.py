@@ -34,7 +34,8 @@ def _why_not_here() -> str | None:
 
 @pytest.mark.skipif(_why_not_here() is not None, reason=_why_not_here() or "")
 def test_as_avx2_hides_avx512_from_cpuid_and_cpuinfo():
-    outside = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.split("\n")
+    outside = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                             check=True).stdout.split("\n")
     inside = subprocess.run(["sh", str(SCRIPT), sys.executable, "-c", PROBE], capture_output=True, text=True,
                             check=True).stdout.split("\n")
     assert outside[0].startswith("AVX512") and "avx512f" in outside[1].split()
