@@ -44,5 +44,16 @@ def test_as_avx2_hides_avx512_from_cpuid_and_cpuinfo():
 
 
 @pytest.mark.skipif(_why_not_here() is not None, reason=_why_not_here() or "")
+def test_results_measured_under_as_avx2_say_so():
+    probe = ("from optimum.quantization.side_by_side import machine_record; "
+             "from optimum.quantization.evaluation.report import machine_line; "
+             "print(machine_line({'machine': machine_record(2)}))")
+    line = subprocess.run(["sh", str(SCRIPT), sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout
+    assert "ISA avx2, fma (VNNI: False)" in line and "ISA masked: hidden by benchmarks/isa/as_avx2.sh" in line
+    assert "avx512f" in line.split("ISA masked:")[1]
+
+
+@pytest.mark.skipif(_why_not_here() is not None, reason=_why_not_here() or "")
 def test_as_avx2_passes_the_exit_status_through():
     assert subprocess.run(["sh", str(SCRIPT), sys.executable, "-c", "raise SystemExit(3)"]).returncode == 3

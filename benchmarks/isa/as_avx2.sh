@@ -13,6 +13,9 @@ work=$(mktemp -d)
 grep -qw cpuid_fault /proc/cpuinfo || { echo "as_avx2.sh: this CPU or kernel has no CPUID faulting" >&2; exit 2; }
 gcc -O2 -shared -fPIC -o "$work/hide_avx512.so" "$here/hide_avx512.c"
 sed 's/ avx512[a-z0-9_]*//g; s/ avx_vnni//g; s/ amx[a-z0-9_]*//g' /proc/cpuinfo > "$work/cpuinfo"
+hidden=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512|avx_vnni|amx)' | tr '\n' ' ')
+# Every result measured under it records this (optimum.quantization.side_by_side.machine_record).
+export OPTIMUM_QUANTIZATION_ISA_MASK="hidden by benchmarks/isa/as_avx2.sh: ${hidden% } (AVX2 code paths on this CPU's cores)"
 status=0
 unshare -m sh -c 'mount --bind "$1/cpuinfo" /proc/cpuinfo && shift && LD_PRELOAD="$0" exec "$@"' \
     "$work/hide_avx512.so" "$work" "$@" || status=$?

@@ -55,13 +55,20 @@ def _progress(iterable, desc: str):
     return tqdm(iterable, desc=desc, leave=False)
 
 
+# Set by benchmarks/isa/as_avx2.sh, which hides ISA extensions from the process: results must say so.
+ISA_MASK_VARIABLE = "OPTIMUM_QUANTIZATION_ISA_MASK"
+
+
 def machine_record(threads: int | None) -> dict:
-    return {
+    record = {
         "cpu": cpu_info().to_dict(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "threads": threads,
     }
+    if os.environ.get(ISA_MASK_VARIABLE):
+        record["isa_masked"] = os.environ[ISA_MASK_VARIABLE]
+    return record
 
 
 def _check_baseline(specs: Sequence[VariantSpec], baseline: str | None) -> str:

@@ -20,9 +20,10 @@ def machine_line(result: dict) -> str:
     machine = result["machine"]
     cpu = machine["cpu"]
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.get("versions", {}).items()))
+    masked = f" ISA masked: {machine['isa_masked']}." if machine.get("isa_masked") else ""
     return (
         f"Machine: {cpu['model']}, ISA {', '.join(cpu['isa']) or 'unknown'} (VNNI: {cpu['has_vnni']}), "
-        f"{cpu['cores']} cores, threads: {machine.get('threads') or 'runtime default'}; {versions}."
+        f"{cpu['cores']} cores, threads: {machine.get('threads') or 'runtime default'}; {versions}.{masked}"
     )
 
 
