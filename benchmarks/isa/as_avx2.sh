@@ -9,8 +9,9 @@
 # Needs root (mount namespace), gcc, and a CPU and kernel with CPUID faulting ("cpuid_fault" in /proc/cpuinfo).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d)
 grep -qw cpuid_fault /proc/cpuinfo || { echo "as_avx2.sh: this CPU or kernel has no CPUID faulting" >&2; exit 2; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 gcc -O2 -shared -fPIC -o "$work/hide_avx512.so" "$here/hide_avx512.c"
 sed 's/ avx512[a-z0-9_]*//g; s/ avx_vnni//g; s/ amx[a-z0-9_]*//g' /proc/cpuinfo > "$work/cpuinfo"
 hidden=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512|avx_vnni|amx)' | tr '\n' ' ')
@@ -19,5 +20,4 @@ export OPTIMUM_QUANTIZATION_ISA_MASK="hidden by benchmarks/isa/as_avx2.sh: ${hid
 status=0
 unshare -m sh -c 'mount --bind "$1/cpuinfo" /proc/cpuinfo && shift && LD_PRELOAD="$0" exec "$@"' \
     "$work/hide_avx512.so" "$work" "$@" || status=$?
-rm -rf "$work"
 exit "$status"
