@@ -13,8 +13,10 @@ grep -qw cpuid_fault /proc/cpuinfo || { echo "as_avx2.sh: this CPU or kernel has
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 gcc -O2 -shared -fPIC -o "$work/hide_avx512.so" "$here/hide_avx512.c"
-sed 's/ avx512[a-z0-9_]*//g; s/ avx_vnni//g; s/ amx[a-z0-9_]*//g' /proc/cpuinfo > "$work/cpuinfo"
-hidden=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx512|avx_vnni|amx)' | tr '\n' ' ')
+# The flags hide_avx512.c takes out of CPUID, as /proc/cpuinfo names them.
+hidden_flags='avx512[a-z0-9_]*|avx_vnni|amx[a-z0-9_]*'
+sed -E "s/ ($hidden_flags)\b//g" /proc/cpuinfo > "$work/cpuinfo"
+hidden=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -Ex "$hidden_flags" | tr '\n' ' ')
 # Every result measured under it records this (optimum.quantization.side_by_side.machine_record).
 export OPTIMUM_QUANTIZATION_ISA_MASK="hidden by benchmarks/isa/as_avx2.sh: ${hidden% } (AVX2 code paths on this CPU's cores)"
 status=0

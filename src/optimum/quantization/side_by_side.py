@@ -66,8 +66,9 @@ def machine_record(threads: int | None) -> dict:
         "python": platform.python_version(),
         "threads": threads,
     }
-    if os.environ.get(ISA_MASK_VARIABLE):
-        record["isa_masked"] = os.environ[ISA_MASK_VARIABLE]
+    masked = os.environ.get(ISA_MASK_VARIABLE)
+    if masked:
+        record["isa_masked"] = masked
     return record
 
 

@@ -11,9 +11,7 @@ onnxruntime 1.32 turns each residual `Add + LayerNormalization` of our dynamic I
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
+from .ort_session import with_listed_entry
 
 # ONNX Runtime's names for the session-level fusions (its graph transformers) the separate ops would undergo.
 UNFUSED_AT_LOAD = ("SkipLayerNormFusion", "BiasGeluFusion")
@@ -36,19 +34,6 @@ def fusion_options(fuse_norms: bool):
 
 def unfused_session_options(optimizers, options=None):
     """`options` (or new SessionOptions) that keep ONNX Runtime from applying `optimizers` at load. Optimizers the
-    caller disabled themselves stay disabled: the entry becomes the union of theirs and ours. SessionOptions cannot
-    be copied, so the caller's object gains the names."""
-    import onnxruntime
-
-    options = options if options is not None else onnxruntime.SessionOptions()
-    try:
-        chosen = [name for name in options.get_session_config_entry(DISABLE_OPTIMIZERS).split(OPTIMIZER_SEPARATOR) if name]
-    except RuntimeError:  # not set
-        chosen = []
-    missing = [name for name in optimizers if name not in chosen]
-    if missing:
-        value = OPTIMIZER_SEPARATOR.join(chosen + missing)
-        options.add_session_config_entry(DISABLE_OPTIMIZERS, value)
-        logger.info("Set %s=%s on the given SessionOptions so ONNX Runtime keeps LayerNorm and GELU as the graph "
-                    "stores them.", DISABLE_OPTIMIZERS, value)
-    return options
+    caller disabled themselves stay disabled: the entry becomes the union of theirs and ours."""
+    return with_listed_entry(options, DISABLE_OPTIMIZERS, optimizers, OPTIMIZER_SEPARATOR,
+                             "so ONNX Runtime keeps LayerNorm and GELU as the graph stores them")

@@ -1,4 +1,6 @@
-"""Session settings a stored ONNX Runtime graph needs, added to the caller's `SessionOptions` without overriding them."""
+"""Session settings a stored ONNX Runtime graph needs, added to the caller's `SessionOptions` without overriding them.
+
+SessionOptions cannot be copied, so the caller's object gains the entries."""
 
 from __future__ import annotations
 
@@ -7,19 +9,38 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def with_config_entry(options, key: str, value: str, why: str):
-    """`options` (or new SessionOptions) with the session config entry `key` set to `value` where the caller left
-    it unset; a value they set is kept. SessionOptions cannot be copied, so the caller's object gains the entry."""
+def _options_and_entry(options, key: str):
+    """`options` (or new SessionOptions), and the value of its config entry `key` (None when unset)."""
     import onnxruntime
 
     if options is None:
         options = onnxruntime.SessionOptions()
     try:
-        chosen = options.get_session_config_entry(key)
-        logger.info("Kept the given SessionOptions' %s=%s; the graph runs best with %s, %s.", key, chosen, value, why)
-        return options  # set by the caller: theirs to choose
+        return options, options.get_session_config_entry(key)
     except RuntimeError:  # not set
-        pass
+        return options, None
+
+
+def with_config_entry(options, key: str, value: str, why: str):
+    """`options` (or new SessionOptions) with the session config entry `key` set to `value` where the caller left
+    it unset; a value they set is kept."""
+    options, chosen = _options_and_entry(options, key)
+    if chosen is not None:  # set by the caller: theirs to choose
+        logger.info("Kept the given SessionOptions' %s=%s; the graph runs best with %s, %s.", key, chosen, value, why)
+        return options
     options.add_session_config_entry(key, value)
     logger.info("Added %s=%s to the given SessionOptions %s.", key, value, why)
+    return options
+
+
+def with_listed_entry(options, key: str, names, separator: str, why: str):
+    """`options` (or new SessionOptions) whose list-valued config entry `key` holds `names` as well as whatever
+    the caller listed there: the union, in their order, then ours."""
+    options, chosen = _options_and_entry(options, key)
+    listed = [name for name in (chosen or "").split(separator) if name]
+    missing = [name for name in names if name not in listed]
+    if missing:
+        value = separator.join(listed + missing)
+        options.add_session_config_entry(key, value)
+        logger.info("Set %s=%s on the given SessionOptions %s.", key, value, why)
     return options
