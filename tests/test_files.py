@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optimum.quantization.files import atomic_output_dir
-from optimum.quantization.hardware import CpuInfo, cpu_info
+from optimum.quantization.hardware import CpuInfo, cpu_info, cpu_label, parse_cpuinfo
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -121,3 +121,41 @@ def test_cpu_info_to_dict_is_json():
 )
 def test_has_vnni(isa, expected):
     assert CpuInfo(model="test", isa=isa, cores=1).has_vnni is expected
+
+
+ZEN5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni avx_vnni avx512_bf16
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 fma
+"""
+
+
+def test_cpuinfo_keeps_the_signature_a_bare_model_name_hides():
+    """Zen 3, 4 and 5 all report "AMD EPYC" in the cloud: results must still say which one ran them."""
+    info = parse_cpuinfo(ZEN5_CPUINFO.splitlines(), default_model="x86_64", cores=2)
+    assert info == CpuInfo(model="AMD EPYC", isa=("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                                                  "avx512_bf16"), cores=2, signature="AuthenticAMD family 26 model 2")
+    assert cpu_label(info.to_dict()) == "AMD EPYC (AuthenticAMD family 26 model 2)"
+    # Results written before the signature was recorded, and systems without one, keep the bare name.
+    assert cpu_label({"model": "AMD EPYC"}) == "AMD EPYC"
+    bare = parse_cpuinfo(["flags : avx2"], default_model="x86_64", cores=1)
+    assert bare.model == "x86_64" and bare.signature is None and bare.isa == ("avx2",)
+
+
+def test_machine_line_names_the_signature():
+    from optimum.quantization.evaluation.report import machine_line
+
+    cpu = parse_cpuinfo(ZEN5_CPUINFO.splitlines(), default_model="x86_64", cores=2).to_dict()
+    line = machine_line({"machine": {"cpu": cpu, "threads": 2}, "versions": {}})
+    assert line.startswith("Machine: AMD EPYC (AuthenticAMD family 26 model 2), ISA avx2")

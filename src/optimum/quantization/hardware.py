@@ -1,4 +1,4 @@
-"""What the CPU we run on can do: model name and the ISA flags that decide INT8 speed and accuracy."""
+"""What the CPU we run on can do: model name, CPUID signature and the ISA flags that decide INT8 speed and accuracy."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class CpuInfo:
     model: str
     isa: tuple[str, ...]
     cores: int
+    # Vendor, family and model number: cloud CPUs often report a bare "AMD EPYC", which Zen 3, 4 and 5 all share.
+    signature: str | None = None
 
     @property
     def has_vnni(self) -> bool:
@@ -25,24 +27,37 @@ class CpuInfo:
         return {**asdict(self), "isa": list(self.isa), "has_vnni": self.has_vnni}
 
 
+def parse_cpuinfo(lines, default_model: str, cores: int) -> CpuInfo:
+    """The first processor's entry of Linux's /proc/cpuinfo text."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if key.strip() == "flags":
+            break
+    flags = set(fields.get("flags", "").split())
+    signature = None
+    if "cpu family" in fields and "model" in fields:
+        signature = f"{fields.get('vendor_id', 'unknown vendor')} family {fields['cpu family']} model {fields['model']}"
+    return CpuInfo(model=fields.get("model name") or default_model, isa=tuple(f for f in _ISA_FLAGS if f in flags),
+                   cores=cores, signature=signature)
+
+
+def cpu_label(cpu: dict) -> str:
+    """A result's CPU for people: its model name, with the CPUID signature where one was recorded."""
+    return f"{cpu['model']} ({cpu['signature']})" if cpu.get("signature") else cpu["model"]
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
     import os
 
-    model, flags = platform.processor() or platform.machine(), set()
+    default_model, cores = platform.processor() or platform.machine(), os.cpu_count() or 1
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "flags":
-                    flags = set(value.split())
-                    break
+            return parse_cpuinfo(cpuinfo, default_model, cores)
     except OSError:
-        pass
-    return CpuInfo(model=model, isa=tuple(f for f in _ISA_FLAGS if f in flags), cores=os.cpu_count() or 1)
+        return CpuInfo(model=default_model, isa=(), cores=cores)
 
 
 def resolve_reduce_range(value) -> bool:

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..hardware import cpu_label
+
 
 def _fmt(value, spec: str = ".2f", missing: str = "–") -> str:
     return missing if value is None else format(value, spec)
@@ -22,7 +24,7 @@ def machine_line(result: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.get("versions", {}).items()))
     masked = f" ISA masked: {machine['isa_masked']}." if machine.get("isa_masked") else ""
     return (
-        f"Machine: {cpu['model']}, ISA {', '.join(cpu['isa']) or 'unknown'} (VNNI: {cpu['has_vnni']}), "
+        f"Machine: {cpu_label(cpu)}, ISA {', '.join(cpu['isa']) or 'unknown'} (VNNI: {cpu['has_vnni']}), "
         f"{cpu['cores']} cores, threads: {machine.get('threads') or 'runtime default'}; {versions}.{masked}"
     )
 
@@ -146,7 +148,7 @@ def plot_latency(result: dict, path: str | Path) -> Path:
         axis.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="p50 latency (ms)", title=f"batch {batch_size}")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    figure.suptitle(f"{result.get('model', '')} — {result['machine']['cpu']['model']}", fontsize="small")
+    figure.suptitle(f"{result.get('model', '')} — {cpu_label(result['machine']['cpu'])}", fontsize="small")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=100)
