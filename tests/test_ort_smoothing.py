@@ -104,8 +104,10 @@ def test_fused_bert_smoothing_targets_attention_and_ffn_input_and_keeps_fp32_log
 def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir):
     folder = tiny_dir("text-classification")
     smoothed = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic", calibration_dataset=SENTENCES)
-    smoothing = smoothed.quantization_recipe.details["smoothing"]
-    assert smoothing["applied"] and len(smoothing["smoothed_nodes"]) == 4 and smoothing["alpha"] == 0.5
+    details = smoothed.quantization_recipe.details
+    smoothing = details["smoothing"]
+    assert smoothing["applied"] and len(smoothing["smoothed_nodes"]) == 4
+    assert smoothing["alpha"] == (0.3 if details["reduce_range"] else 0.5)  # "auto": by this CPU's weight range
     assert smoothing["calibration_samples"] == min(len(SENTENCES), 64)
     graph = onnx.load(str(onnx_file(smoothed)))
     assert sum(n.name.endswith("_smoothing") for n in graph.graph.node) == 4
@@ -217,12 +219,37 @@ def test_bad_static_smoothing_alpha(alpha):
         StaticQuantConfig(smoothing_alpha=alpha)
 
 
-def test_static_smoothing_round_trips_and_only_static_takes_auto():
+def test_smoothing_alpha_auto_round_trips_on_both_configs():
     from optimum.quantization import StaticQuantConfig
 
-    for alpha in ("auto", None, 0.3):
-        config = StaticQuantConfig(smoothing_alpha=alpha)
-        assert config_from_dict(config.to_dict()) == config
-    assert StaticQuantConfig().smoothing(0.5) == 0.5 and StaticQuantConfig(smoothing_alpha=None).smoothing(0.5) is None
+    for config_class in (StaticQuantConfig, DynamicQuantConfig):
+        assert config_class().smoothing_alpha == "auto"
+        for alpha in ("auto", None, 0.3):
+            config = config_class(smoothing_alpha=alpha)
+            assert config_from_dict(config.to_dict()) == config
+        assert config_class().smoothing(0.5) == 0.5 and config_class(smoothing_alpha=0.3).smoothing(0.5) == 0.3
+        assert config_class(smoothing_alpha=None).smoothing(0.5) is None
     with pytest.raises(ConfigError, match="smoothing_alpha"):
-        DynamicQuantConfig(smoothing_alpha="auto")
+        DynamicQuantConfig(smoothing_alpha="AUTO")
+
+
+def test_dynamic_auto_alpha_follows_the_weight_range(tiny_dir):
+    """7-bit weights are smoothed with alpha 0.3, 8-bit ones with 0.5, whatever this CPU is; a number wins over both."""
+    folder = tiny_dir("text-classification")
+    reference, inputs = fp32_logits(folder)
+    scales = {}
+    for reduce_range, alpha, expected in ((True, "auto", 0.3), (False, "auto", 0.5), ("pair-safe", "auto", 0.5),
+                                          (True, 0.5, 0.5)):
+        config = DynamicQuantConfig(reduce_range=reduce_range, smoothing_alpha=alpha)
+        model = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config,
+                                                                    calibration_dataset=SENTENCES)
+        smoothing = model.quantization_recipe.details["smoothing"]
+        assert smoothing["applied"] and smoothing["alpha"] == expected, (reduce_range, alpha, smoothing)
+        assert_close_to_fp32(reference, model(**inputs).logits.numpy())
+        graph = onnx.load(str(onnx_file(model))).graph
+        smoothing_muls = {n.input[1] for n in graph.node if n.name.endswith("_smoothing")}
+        scales[(reduce_range, alpha)] = np.concatenate(
+            [numpy_helper.to_array(t).ravel() for t in graph.initializer if t.name in smoothing_muls])
+    # The alpha really reaches the graph: 7-bit "auto" smooths differently from 8-bit, and alpha 0.5 alike on both.
+    assert not np.allclose(scales[(True, "auto")], scales[(False, "auto")])
+    np.testing.assert_allclose(scales[(True, 0.5)], scales[(False, "auto")], rtol=1e-6)

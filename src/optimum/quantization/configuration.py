@@ -54,12 +54,11 @@ def _check_positive(name: str, value) -> None:
         raise ConfigError(f"`{name}` must be > 0, got {value}.")
 
 
-def _check_smoothing_alpha(value, allow_auto: bool = False) -> None:
-    if allow_auto and value == "auto":
+def _check_smoothing_alpha(value) -> None:
+    if value == "auto":
         return
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0):
-        auto = ", 'auto'" if allow_auto else ""
-        raise ConfigError(f"`smoothing_alpha` must be None{auto} or a number in (0, 1), got {value!r}.")
+        raise ConfigError(f"`smoothing_alpha` must be None, 'auto' or a number in (0, 1), got {value!r}.")
 
 
 def _check_bool(name: str, value) -> None:
@@ -144,8 +143,16 @@ class _QuantConfigBase:
         return dataclasses.replace(copy.deepcopy(self), **changes)
 
 
+class _SmoothingChoice:
+    """For configs with a `smoothing_alpha` field that takes "auto"."""
+
+    def smoothing(self, backend_default: float | None) -> float | None:
+        """`smoothing_alpha` as given, or for "auto" the backend's measured default (None: no smoothing)."""
+        return backend_default if self.smoothing_alpha == "auto" else self.smoothing_alpha
+
+
 @dataclass
-class DynamicQuantConfig(_QuantConfigBase):
+class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     """Dynamic INT8: weights quantized ahead of time, activations quantized per batch at run time.
 
     Per-channel weight scales are the default: on MiniLM-L6 per-tensor scales drop the FP32/INT8
@@ -160,7 +167,10 @@ class DynamicQuantConfig(_QuantConfigBase):
 
     `smoothing_alpha` (ONNX Runtime, fused encoder graphs): the inputs of LayerNorm-fed GEMMs are smoothed first
     (SmoothQuant, `backends/ort_smoothing.py`), measured on the first `smoothing_samples` examples of the
-    `calibration_dataset`. Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
+    `calibration_dataset`. `"auto"` takes alpha by weight range: 0.5 with 8-bit weights, 0.3 with 7-bit weights
+    (`reduce_range`, by default on CPUs without VNNI), where each weight step is twice as coarse and less of the
+    activations' range should move into the weights (fine-tuned MiniLM on AVX2 code paths: SQuAD F1 -0.34 against
+    -0.55 at 0.5; `benchmarks/RESULTS.md`). Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
     words instead (`calibration.random_word_examples`); `None` there skips smoothing when no data is given, and
     `smoothing_alpha=None` turns it off. The recipe says which statistics were used, or why smoothing was skipped.
 
@@ -173,7 +183,7 @@ class DynamicQuantConfig(_QuantConfigBase):
 
     optimize_graph: bool = True
     embeddings: str = "per-row"
-    smoothing_alpha: float | None = 0.5
+    smoothing_alpha: Union[float, str, None] = "auto"
     smoothing_samples: int = 64
     smoothing_without_data: str | None = "random-words"
     fuse_layer_norm: bool = False
@@ -194,7 +204,7 @@ class DynamicQuantConfig(_QuantConfigBase):
 
 
 @dataclass
-class StaticQuantConfig(_QuantConfigBase):
+class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
     """Static INT8: activation ranges measured once on calibration data, stored in the graph.
 
     `symmetric` is about activations (weights are always symmetric): `"auto"` takes what measured best on each
@@ -238,17 +248,13 @@ class StaticQuantConfig(_QuantConfigBase):
             raise ConfigError(f"`calibration` must be a CalibrationConfig, dict or method name, got {self.calibration!r}.")
         _check_choice("static format", self.format, STATIC_FORMATS)
         _check_bool_or_auto("symmetric", self.symmetric)
-        _check_smoothing_alpha(self.smoothing_alpha, allow_auto=True)
+        _check_smoothing_alpha(self.smoothing_alpha)
         _check_bool_or_auto("activation_matmuls", self.activation_matmuls)
         _check_bool("fuse_layer_norm", self.fuse_layer_norm)
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:
         return self.calibration.num_samples
-
-    def smoothing(self, backend_default: float | None) -> float | None:
-        """`smoothing_alpha` as given, or for "auto" the backend's measured default (None: no smoothing)."""
-        return backend_default if self.smoothing_alpha == "auto" else self.smoothing_alpha
 
     def quantize_activation_matmuls(self, backend_default: bool) -> bool:
         """`activation_matmuls` as given, or for "auto" the backend's measured default."""

@@ -68,6 +68,11 @@ SMOOTHING_MAX_LENGTH = 512
 # What StaticQuantConfig(symmetric="auto") means here: asymmetric u8 activations; symmetric s8 lost a point of
 # SST-2 accuracy on fine-tuned MiniLM.
 SYMMETRIC_ACTIVATIONS = False
+# What DynamicQuantConfig(smoothing_alpha="auto") means here, by weight range. 7-bit weights (reduce_range, the
+# default without VNNI) quantize twice as coarsely, so less of the activations' range should move into them.
+# Fine-tuned MiniLM on AVX2 code paths (7-bit): alpha 0.3 against 0.5 SQuAD F1 -0.34 vs -0.55, SST-2 dev -0.23 both,
+# agreement 98.90 vs 98.92% (benchmarks/RESULTS.md). 8-bit (VNNI): 0.5 measured best of 0.3/0.5/0.7.
+DYNAMIC_SMOOTHING_ALPHA = {"8-bit": 0.5, "7-bit": 0.3}
 # What StaticQuantConfig(smoothing_alpha="auto") means here: SmoothQuant on the LayerNorm-fed GEMMs of the plain
 # graph (Q/K/V share a scale). Fine-tuned MiniLM, VNNI Xeon, attention MatMuls in INT8: SQuAD F1 -0.95 -> -0.09 with
 # alpha 0.5 (0.3 and 0.7: -0.48, -0.49). Zen 4, attention MatMuls in FP32 (the default since): alpha 0.7 against
@@ -325,7 +330,13 @@ class OnnxRuntimeBackend(Backend):
         graph = onnx.load(str(src), load_external_data=False)
         nodes_to_exclude, unused = excluded_nodes(graph, config, op_types)
         details["quantized_units"] = quantized_units(graph, op_types, nodes_to_exclude)
-        if config.smoothing_alpha is None:
+        pair_safe = config.reduce_range == "pair-safe"
+        if pair_safe and not (config.per_channel and config.weight_type == "int8"):
+            raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
+        reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
+        weight_range = "pair-safe" if pair_safe else ("7-bit" if reduce_range else "8-bit")
+        alpha = config.smoothing(DYNAMIC_SMOOTHING_ALPHA["7-bit" if reduce_range else "8-bit"])
+        if alpha is None:
             details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
         elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs smoothing feeds lack
             details["smoothing"] = {"applied": False, "reason": "only measured on ONNX Runtime's fused encoder graphs"}
@@ -337,13 +348,9 @@ class OnnxRuntimeBackend(Backend):
                 feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
                                           input_names=[i.name for i in graph.graph.input], pad=False)
                 smoothed_path = work_dir / "smoothed.onnx"
-                smoothing = smooth_file(src, smoothed_path, feeds, config.smoothing_alpha, set(nodes_to_exclude))
+                smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude))
                 details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
                 src = smoothed_path
-        pair_safe = config.reduce_range == "pair-safe"
-        if pair_safe and not (config.per_channel and config.weight_type == "int8"):
-            raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
-        reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
         per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types and has_per_row_tables(graph)
         quantize_dynamic(
             src,
@@ -362,7 +369,6 @@ class OnnxRuntimeBackend(Backend):
             if per_row:
                 details["per_row_tables"] = store_tables_per_row(quantized, nodes_to_exclude)
             onnx.save(quantized, str(dst))
-        weight_range = "pair-safe" if pair_safe else ("7-bit" if reduce_range else "8-bit")
         return {**details, "op_types": op_types, "reduce_range": reduce_range, "weight_range": weight_range,
                 "excluded_nodes": nodes_to_exclude, "unused_exclude_patterns": unused}
 
