@@ -57,3 +57,15 @@ def test_results_measured_under_as_avx2_say_so():
 @pytest.mark.skipif(_why_not_here() is not None, reason=_why_not_here() or "")
 def test_as_avx2_passes_the_exit_status_through():
     assert subprocess.run(["sh", str(SCRIPT), sys.executable, "-c", "raise SystemExit(3)"]).returncode == 3
+
+
+@pytest.mark.skipif(_why_not_here() is not None, reason=_why_not_here() or "")
+def test_plain_8bit_weights_saturate_on_avx2_kernels_and_pair_safe_ones_do_not():
+    """test_ort_pair_safe's saturation contrast skips on VNNI CPUs; under as_avx2.sh it runs on ONNX Runtime's real
+    AVX2 kernels here too, beside the pair-safe check."""
+    tests = Path(__file__).resolve().parent
+    run = subprocess.run(["sh", str(SCRIPT), sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:faulthandler",
+                          str(tests / "test_ort_pair_safe.py"), "-k", "saturate"],
+                         capture_output=True, text=True, cwd=tests.parent)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-3000:]

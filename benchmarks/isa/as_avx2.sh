@@ -7,6 +7,8 @@
 #     sh benchmarks/isa/as_avx2.sh .venv/bin/python benchmarks/bert_base_speed.py --quick ...
 #
 # Needs root (mount namespace), gcc, and a CPU and kernel with CPUID faulting ("cpuid_fault" in /proc/cpuinfo).
+# The shim answers CPUID from a SIGSEGV handler: a program that installs its own (Python's faulthandler, so
+# pytest unless run with -p no:faulthandler) crashes at its next CPUID instead.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 grep -qw cpuid_fault /proc/cpuinfo || { echo "as_avx2.sh: this CPU or kernel has no CPUID faulting" >&2; exit 2; }
