@@ -16,7 +16,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
 
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
-from optimum.quantization.backends.onnxruntime import fuse_graph
+from optimum.quantization.backends.onnxruntime import DYNAMIC_SMOOTHING_ALPHA, fuse_graph
 from optimum.quantization.backends.ort_smoothing import smooth_graph, smoothing_targets
 from optimum.quantization.calibration import random_word_examples, tokenize_examples
 from optimum.quantization.configuration import config_from_dict
@@ -107,7 +107,7 @@ def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir
     details = smoothed.quantization_recipe.details
     smoothing = details["smoothing"]
     assert smoothing["applied"] and len(smoothing["smoothed_nodes"]) == 4
-    assert smoothing["alpha"] == (0.3 if details["reduce_range"] else 0.5)  # "auto": by this CPU's weight range
+    assert smoothing["alpha"] == DYNAMIC_SMOOTHING_ALPHA["7-bit" if details["reduce_range"] else "8-bit"]  # "auto"
     assert smoothing["calibration_samples"] == min(len(SENTENCES), 64)
     graph = onnx.load(str(onnx_file(smoothed)))
     assert sum(n.name.endswith("_smoothing") for n in graph.graph.node) == 4
@@ -234,12 +234,14 @@ def test_smoothing_alpha_auto_round_trips_on_both_configs():
 
 
 def test_dynamic_auto_alpha_follows_the_weight_range(tiny_dir):
-    """7-bit weights are smoothed with alpha 0.3, 8-bit ones with 0.5, whatever this CPU is; a number wins over both."""
+    """7-bit weights get the 7-bit alpha, 8-bit ones the 8-bit alpha, whatever this CPU is; a number wins over both."""
     folder = tiny_dir("text-classification")
     reference, inputs = fp32_logits(folder)
+    seven, eight = DYNAMIC_SMOOTHING_ALPHA["7-bit"], DYNAMIC_SMOOTHING_ALPHA["8-bit"]
+    assert seven != eight
     scales = {}
-    for reduce_range, alpha, expected in ((True, "auto", 0.3), (False, "auto", 0.5), ("pair-safe", "auto", 0.5),
-                                          (True, 0.5, 0.5)):
+    for reduce_range, alpha, expected in ((True, "auto", seven), (False, "auto", eight), ("pair-safe", "auto", eight),
+                                          (True, eight, eight)):
         config = DynamicQuantConfig(reduce_range=reduce_range, smoothing_alpha=alpha)
         model = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config,
                                                                     calibration_dataset=SENTENCES)
@@ -250,6 +252,6 @@ def test_dynamic_auto_alpha_follows_the_weight_range(tiny_dir):
         smoothing_muls = {n.input[1] for n in graph.node if n.name.endswith("_smoothing")}
         scales[(reduce_range, alpha)] = np.concatenate(
             [numpy_helper.to_array(t).ravel() for t in graph.initializer if t.name in smoothing_muls])
-    # The alpha really reaches the graph: 7-bit "auto" smooths differently from 8-bit, and alpha 0.5 alike on both.
+    # The alpha really reaches the graph: 7-bit "auto" smooths differently from 8-bit, and the 8-bit alpha alike on both.
     assert not np.allclose(scales[(True, "auto")], scales[(False, "auto")])
-    np.testing.assert_allclose(scales[(True, 0.5)], scales[(False, "auto")], rtol=1e-6)
+    np.testing.assert_allclose(scales[(True, eight)], scales[(False, "auto")], rtol=1e-6)
