@@ -167,12 +167,13 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
 
     `smoothing_alpha` (ONNX Runtime, fused encoder graphs): the inputs of LayerNorm-fed GEMMs are smoothed first
     (SmoothQuant, `backends/ort_smoothing.py`), measured on the first `smoothing_samples` examples of the
-    `calibration_dataset`. `"auto"` takes alpha by weight range: 0.5 with 8-bit weights, 0.4 with 7-bit weights
-    (`reduce_range`, by default on CPUs without VNNI), where each weight step is twice as coarse and less of the
-    activations' range should move into the weights (fine-tuned MiniLM on AVX2 code paths: SQuAD F1 +0.05 against
-    -0.55 at 0.5, SST-2 agreement level; `benchmarks/RESULTS.md`). Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
+    `calibration_dataset`. Without one, `smoothing_without_data="random-words"` measures texts of random vocabulary
     words instead (`calibration.random_word_examples`); `None` there skips smoothing when no data is given, and
-    `smoothing_alpha=None` turns it off. The recipe says which statistics were used, or why smoothing was skipped.
+    `smoothing_alpha=None` turns it off. The recipe says which statistics and alpha were used, or why smoothing was
+    skipped. `"auto"` takes alpha by weight range: 0.5 with 8-bit weights, 0.4 with 7-bit weights (`reduce_range`, by
+    default on CPUs without VNNI), whose steps are twice as coarse, so less of the activations' range should move into
+    them (fine-tuned MiniLM on AVX2 code paths: SQuAD F1 +0.05 against -0.55 at 0.5, SST-2 agreement level; with
+    8-bit weights 0.4 lost 0.46 F1 more than 0.5; `benchmarks/RESULTS.md`).
 
     `fuse_layer_norm` (ONNX Runtime, fused encoder graphs): False keeps residual adds apart from LayerNorm and bias
     adds apart from GELU, and our loader keeps ONNX Runtime from fusing them at load (`backends/ort_norm_fusion.py`);
