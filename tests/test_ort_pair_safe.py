@@ -60,7 +60,8 @@ def test_pair_safe_weights_never_saturate(heavy_tailed_weight):
 def test_plain_8bit_weights_saturate_without_vnni(heavy_tailed_weight):
     """The contrast that makes the test above meaningful: it only shows on CPUs without VNNI."""
     if cpu_info().has_vnni:
-        pytest.skip("this CPU has VNNI: its u8 x s8 products accumulate in 32 bits and cannot saturate")
+        pytest.skip("this CPU has VNNI: its u8 x s8 products accumulate in 32 bits and cannot saturate "
+                    "(tests/test_isa_emulation.py runs this test on AVX2 code paths where the CPU allows)")
     scale = np.abs(heavy_tailed_weight).max(axis=0) / 127
     q = np.clip(np.rint(heavy_tailed_weight / scale), -127, 127).astype(np.int8)
     assert worst_pair_sums(q).max() > PAIR_LIMIT
