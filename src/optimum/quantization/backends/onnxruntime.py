@@ -334,8 +334,9 @@ class OnnxRuntimeBackend(Backend):
         if pair_safe and not (config.per_channel and config.weight_type == "int8"):
             raise ConfigError("reduce_range='pair-safe' rescales per-channel s8 weights: it needs per_channel=True and weight_type='int8'.")
         reduce_range = False if pair_safe else resolve_reduce_range(config.reduce_range)
-        weight_range = "pair-safe" if pair_safe else ("7-bit" if reduce_range else "8-bit")
-        alpha = config.smoothing(DYNAMIC_SMOOTHING_ALPHA["7-bit" if reduce_range else "8-bit"])
+        bits = "7-bit" if reduce_range else "8-bit"
+        weight_range = "pair-safe" if pair_safe else bits
+        alpha = config.smoothing(DYNAMIC_SMOOTHING_ALPHA[bits])
         if alpha is None:
             details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
         elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs smoothing feeds lack
