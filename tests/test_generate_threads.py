@@ -79,7 +79,9 @@ def test_fixed_length_generation_ignores_the_models_eos(tiny_dir):
         model.generation_config.eos_token_id = first_token  # the model now "ends" at once
         assert model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0).shape[1] == 5
         assert model.generate(**inputs, **fixed_length_kwargs(6)).shape[1] == 4 + 6
-    # per_token_latency raises if generate() returned another length
+    # per_token_latency raises if generate() returned another length. Its times are not asserted: on a tiny model a
+    # busy machine can put the per-token difference of medians at or below zero (then tokens_per_s is None).
     timing = per_token_latency(model, inputs, new_tokens=6, repeats=1, warmup=0)
-    assert timing["new_tokens"] == 6 and timing["per_token_ms"] > 0
+    assert timing["new_tokens"] == 6 and timing["total_ms"] > 0
+    assert timing["tokens_per_s"] is None or timing["tokens_per_s"] > 0
     assert "min_new_tokens" not in fixed_length_kwargs(6)  # its per-step EOS scans would be timed too

@@ -31,6 +31,7 @@ from .evaluation.generation import (
     per_token_latency,
     prompt_inputs,
     side_by_side_generations,
+    tokens_per_second,
 )
 from .recipe import library_versions
 from .side_by_side import _check_baseline, build_all, machine_record, measure_round_robin, run_worker
@@ -256,7 +257,7 @@ def merge_rounds(rounds: list[dict]) -> dict:
         row = dict(rows[0])
         for k in ("first_token_ms", "total_ms", "per_token_ms"):
             row[k] = statistics.median(r[k] for r in rows)
-        row["tokens_per_s"] = 1e3 * row["batch_size"] / row["per_token_ms"] if row["per_token_ms"] > 0 else float("inf")
+        row["tokens_per_s"] = tokens_per_second(row["batch_size"], row["per_token_ms"])
         latency.append(row)
     stages = [
         {"stage": rows[0]["stage"], **{k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "stage"}}

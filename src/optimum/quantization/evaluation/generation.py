@@ -66,8 +66,17 @@ def _time_generate(model, inputs: dict, new_tokens: int, repeats: int) -> list[f
     return times
 
 
+def tokens_per_second(batch_size: int, per_token_ms: float) -> float | None:
+    """Throughput of the decode steps; None where noise left the per-token time at or below zero (tiny models)."""
+    return 1e3 * batch_size / per_token_ms if per_token_ms > 0 else None
+
+
 def per_token_latency(model, inputs: dict, new_tokens: int = 64, repeats: int = 5, warmup: int = 1) -> dict:
-    """Median time of prefill + first token, of the whole generation, and per further token (ms)."""
+    """Median time of prefill + first token, of the whole generation, and per further token (ms).
+
+    The per-token time is a difference of two medians: on a tiny model and a busy machine it can come out at or below
+    zero, and `tokens_per_s` is then None.
+    """
     if new_tokens < 2:
         raise ConfigError("Per-token latency needs at least 2 new tokens.")
     if repeats < 1 or warmup < 0:
@@ -88,7 +97,7 @@ def per_token_latency(model, inputs: dict, new_tokens: int = 64, repeats: int = 
         "first_token_ms": first_ms,
         "total_ms": total_ms,
         "per_token_ms": per_token_ms,
-        "tokens_per_s": 1e3 * batch_size / per_token_ms if per_token_ms > 0 else float("inf"),
+        "tokens_per_s": tokens_per_second(int(batch_size), per_token_ms),
         "repeats": repeats,
     }
 
