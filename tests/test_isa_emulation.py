@@ -64,7 +64,9 @@ def test_plain_8bit_weights_saturate_on_avx2_kernels_and_pair_safe_ones_do_not()
     """test_ort_pair_safe's saturation contrast skips on VNNI CPUs; under as_avx2.sh it runs on ONNX Runtime's real
     AVX2 kernels here too, beside the pair-safe check."""
     tests = Path(__file__).resolve().parent
-    run = subprocess.run(["sh", str(SCRIPT), sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:faulthandler",
+    # faulthandler would replace the shim's SIGSEGV handler (as_avx2.sh's header).
+    pytest_args = ["-q", "-rs", "-p", "no:cacheprovider", "-p", "no:faulthandler"]
+    run = subprocess.run(["sh", str(SCRIPT), sys.executable, "-m", "pytest", *pytest_args,
                           str(tests / "test_ort_pair_safe.py"), "-k", "saturate"],
                          capture_output=True, text=True, cwd=tests.parent)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
