@@ -32,8 +32,9 @@ def parse_cpuinfo(lines, default_model: str, cores: int) -> CpuInfo:
     fields: dict[str, str] = {}
     for line in lines:
         key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-        if key.strip() == "flags":
+        key = key.strip()
+        fields.setdefault(key, value.strip())
+        if key == "flags":
             break
     flags = set(fields.get("flags", "").split())
     signature = None
