@@ -37,6 +37,7 @@ VARIANTS = [
 ]
 AGREEMENT_SENTENCES = 5000
 CALIBRATION_SENTENCES = 128  # the unseen sentences right after the agreement set calibrate static variants
+SMOOTHING_TEXTS = 64  # DynamicQuantConfig().smoothing_samples: how many random-word texts dynamic INT8 draws
 
 
 def unseen_train_sentences(count: int) -> list[str]:
@@ -84,12 +85,28 @@ def without_data(specs, names: list[str]):
     return result
 
 
-def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES) -> dict:
+def random_words_file(model: Path, seed: int, pairs: bool) -> Path:
+    """The texts dynamic INT8 smooths on without data, drawn with another seed, as a calibration file: building with
+    it is building without data, so several seeds show how much that result hangs on which random texts it drew."""
+    from transformers import AutoTokenizer
+
+    from optimum.quantization.calibration import random_word_examples
+
+    examples = random_word_examples(AutoTokenizer.from_pretrained(model), SMOOTHING_TEXTS, pairs=pairs, seed=seed)
+    if pairs:
+        return calibration_file([json.dumps({"question": q, "context": c}) for q, c in examples], ".jsonl")
+    return calibration_file(examples, ".txt")
+
+
+def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES,
+         random_words_seed: int | None = None) -> dict:
     model = finetune.sst2_classifier()
     dev_texts, dev_labels = finetune.load_sst2("dev")
     unseen = unseen_train_sentences(max(unlabelled_start + unlabelled_count, AGREEMENT_SENTENCES + CALIBRATION_SENTENCES))
     unlabelled = agreement_sentences(unseen, unlabelled_start, unlabelled_count)
     calibration = calibration_file(unseen[AGREEMENT_SENTENCES:AGREEMENT_SENTENCES + CALIBRATION_SENTENCES], ".txt")
+    if random_words_seed is not None:
+        calibration = random_words_file(model, random_words_seed, pairs=False)
     where = f" (unseen sentences {unlabelled_start}-{unlabelled_start + unlabelled_count - 1})" if unlabelled_start else ""
     # One build scores both sets: a variant built twice could differ (OpenVINO precision="auto" times on each build).
     return run_evaluation(
@@ -101,17 +118,21 @@ def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_co
     )
 
 
-def squad_calibration_file() -> Path:
-    """128 training-article questions (never the held-out ones) as a .jsonl calibration file."""
+def squad_calibration_file(draw: int = 0) -> Path:
+    """128 training-article questions (never the held-out ones) as a .jsonl calibration file; `draw` seeds which."""
     train_questions = [(e["question"], e["context"]) for e in finetune.load_squad_examples("train")]
-    random.Random(0).shuffle(train_questions)
+    random.Random(draw).shuffle(train_questions)
     return calibration_file([json.dumps({"question": q, "context": c}) for q, c in train_questions[:128]], ".jsonl")
 
 
-def squad(variants, threads: int | None, limit: int | None, baseline: str = "pytorch-fp32") -> dict:
+def squad(variants, threads: int | None, limit: int | None, baseline: str = "pytorch-fp32",
+          random_words_seed: int | None = None, calibration_draw: int = 0) -> dict:
     model = finetune.squad_qa_model()
     examples = finetune.load_squad_examples("heldout")[:limit]
-    calibration = squad_calibration_file()
+    if random_words_seed is None:
+        calibration = squad_calibration_file(calibration_draw)
+    else:
+        calibration = random_words_file(model, random_words_seed, pairs=True)
     return run_evaluation(
         str(model), "question-answering", {"examples": examples}, variants, baseline=baseline,
         calibration_data=calibration, threads=threads,
@@ -132,12 +153,18 @@ def main() -> int:
     parser.add_argument("--unlabelled-count", type=int, default=AGREEMENT_SENTENCES)
     parser.add_argument("--without-data", nargs="+", default=[], metavar="VARIANT",
                         help="also run each of these variants built without the calibration texts, as NAME-no-data")
+    parser.add_argument("--random-words-seed", type=int, metavar="SEED",
+                        help="calibrate on the random-word texts dynamic INT8 draws without data, seeded SEED "
+                             "(0 is what it draws), instead of real text: for dynamic variants only")
+    parser.add_argument("--calibration-draw", type=int, default=0, metavar="SEED",
+                        help="SQuAD: which random draw of training questions calibrates (0: the usual one)")
     args = parser.parse_args()
     args.variants = without_data(parse_variants(args.variants), args.without_data)
     if args.benchmark == "sst2":
-        result = sst2(args.variants, args.threads, args.unlabelled_start, args.unlabelled_count)
+        result = sst2(args.variants, args.threads, args.unlabelled_start, args.unlabelled_count, args.random_words_seed)
     else:
-        result = squad(args.variants, args.threads, args.limit)
+        result = squad(args.variants, args.threads, args.limit, random_words_seed=args.random_words_seed,
+                       calibration_draw=args.calibration_draw)
     write_reports(result, RESULTS, args.name or f"{args.benchmark}_accuracy")
     print(evaluation_markdown(result))
     return 0

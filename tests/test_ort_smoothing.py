@@ -16,8 +16,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
 
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
-from optimum.quantization.backends.onnxruntime import DYNAMIC_SMOOTHING_ALPHA, fuse_graph
-from optimum.quantization.backends.ort_smoothing import smooth_graph, smoothing_targets
+from optimum.quantization.backends.onnxruntime import DYNAMIC_SMOOTHING_ALPHA, DYNAMIC_SMOOTHING_STATISTIC, fuse_graph
+from optimum.quantization.backends.ort_smoothing import input_channel_amax, smooth_graph, smoothing_targets
 from optimum.quantization.calibration import random_word_examples, tokenize_examples
 from optimum.quantization.configuration import config_from_dict
 from optimum.quantization.errors import ConfigError
@@ -179,8 +179,54 @@ def test_random_word_examples_strip_word_start_marks():
     assert random_word_examples(type("Empty", (), {"get_vocab": lambda self: {"a": 0}})(), 5) == []
 
 
+def test_smoothing_statistics_are_the_largest_value_or_the_mean_of_each_texts_largest():
+    """Per channel: "max" is the larger of the two feeds' maxima, "mean-max" their average."""
+    model = layer_norm_gemm(outlier_gain=1.0)
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.normal(size=(1, TOKENS, HIDDEN)).astype(np.float32)} for _ in range(2)]
+    per_feed = [np.abs(run_output(model, "h", feed)).reshape(-1, HIDDEN).max(axis=0) for feed in feeds]
+    largest = input_channel_amax(model, ["h"], feeds, "max")["h"]
+    mean = input_channel_amax(model, ["h"], feeds, "mean-max")["h"]
+    np.testing.assert_allclose(largest, np.maximum(*per_feed), rtol=1e-6)
+    np.testing.assert_allclose(mean, (per_feed[0] + per_feed[1]) / 2, rtol=1e-6)
+    assert input_channel_amax(model, ["h"], feeds)["h"].tolist() == largest.tolist()  # SmoothQuant's is the default
+    # Four copies of the same feed: the max and the mean do not move with the number of texts alike.
+    assert np.allclose(input_channel_amax(model, ["h"], feeds[:1] * 4, "mean-max")["h"], per_feed[0], rtol=1e-6)
+
+
+def run_output(model: onnx.ModelProto, name: str, feed: dict) -> np.ndarray:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], feed)[0]
+
+
+def test_dynamic_smoothing_statistic_reaches_the_graph_and_the_recipe(tiny_dir):
+    """Each statistic given reaches the recipe, and the two give different scales."""
+    folder = tiny_dir("text-classification")
+    built = {}
+    for statistic in ("mean-max", "max"):
+        model = QuantModelForSequenceClassification.from_pretrained(
+            folder, quantize=DynamicQuantConfig(smoothing_statistic=statistic), calibration_dataset=SENTENCES)
+        assert model.quantization_recipe.details["smoothing"]["statistic"] == statistic
+        graph = onnx.load(str(onnx_file(model)))
+        built[statistic] = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer
+                            if i.name.endswith("_smoothing_inverse_scale")}
+    assert DynamicQuantConfig().smoothing_statistic == "auto"
+    assert built["max"].keys() == built["mean-max"].keys() and len(built["max"]) == 4
+    assert all(not np.allclose(built["max"][name], built["mean-max"][name]) for name in built["max"])
+
+
+@pytest.mark.parametrize("value", ["mean", "MAX", None, ""])
+def test_bad_smoothing_statistic(value):
+    with pytest.raises(ConfigError, match="smoothing statistic"):
+        DynamicQuantConfig(smoothing_statistic=value)
+
+
 def test_smoothing_fields_round_trip():
-    config = DynamicQuantConfig(smoothing_alpha=0.3, smoothing_samples=16, smoothing_without_data=None)
+    config = DynamicQuantConfig(smoothing_alpha=0.3, smoothing_samples=16, smoothing_without_data=None,
+                                smoothing_statistic="max")
     assert config_from_dict(config.to_dict()) == config and config.calibration_samples() == 16
     assert DynamicQuantConfig(smoothing_alpha=None).calibration_samples() is None
     with pytest.raises(ConfigError, match="smoothing_samples"):
@@ -231,27 +277,36 @@ def test_smoothing_alpha_auto_round_trips_on_both_configs():
         assert config_class(smoothing_alpha=None).smoothing(0.5) is None
     with pytest.raises(ConfigError, match="smoothing_alpha"):
         DynamicQuantConfig(smoothing_alpha="AUTO")
+    for statistic in ("auto", "max", "mean-max"):
+        config = DynamicQuantConfig(smoothing_statistic=statistic)
+        assert config_from_dict(config.to_dict()) == config
+    assert DynamicQuantConfig().resolved_smoothing_statistic("max") == "max"
+    assert DynamicQuantConfig(smoothing_statistic="mean-max").resolved_smoothing_statistic("max") == "mean-max"
 
 
-def test_dynamic_auto_alpha_follows_the_weight_range(tiny_dir):
-    """7-bit weights get the 7-bit alpha, 8-bit ones the 8-bit alpha, whatever this CPU is; a number wins over both."""
+def test_dynamic_auto_smoothing_follows_the_weight_range(tiny_dir):
+    """7-bit weights get the 7-bit alpha and statistic, 8-bit ones the 8-bit ones, whatever this CPU is; values given
+    win over both."""
     folder = tiny_dir("text-classification")
     reference, inputs = fp32_logits(folder)
-    seven, eight = DYNAMIC_SMOOTHING_ALPHA["7-bit"], DYNAMIC_SMOOTHING_ALPHA["8-bit"]
-    assert seven != eight
+    seven = DYNAMIC_SMOOTHING_ALPHA["7-bit"], DYNAMIC_SMOOTHING_STATISTIC["7-bit"]
+    eight = DYNAMIC_SMOOTHING_ALPHA["8-bit"], DYNAMIC_SMOOTHING_STATISTIC["8-bit"]
+    assert seven[0] != eight[0] and seven[1] != eight[1]
     scales = {}
-    for reduce_range, alpha, expected in ((True, "auto", seven), (False, "auto", eight), ("pair-safe", "auto", eight),
-                                          (True, eight, eight)):
-        config = DynamicQuantConfig(reduce_range=reduce_range, smoothing_alpha=alpha)
+    for reduce_range, given, expected in ((True, ("auto", "auto"), seven), (False, ("auto", "auto"), eight),
+                                          ("pair-safe", ("auto", "auto"), eight), (True, eight, eight)):
+        config = DynamicQuantConfig(reduce_range=reduce_range, smoothing_alpha=given[0], smoothing_statistic=given[1])
         model = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config,
                                                                     calibration_dataset=SENTENCES)
         smoothing = model.quantization_recipe.details["smoothing"]
-        assert smoothing["applied"] and smoothing["alpha"] == expected, (reduce_range, alpha, smoothing)
+        assert smoothing["applied"], smoothing
+        assert (smoothing["alpha"], smoothing["statistic"]) == expected, (reduce_range, smoothing)
         assert_close_to_fp32(reference, model(**inputs).logits.numpy())
         graph = onnx.load(str(onnx_file(model))).graph
         smoothing_muls = {n.input[1] for n in graph.node if n.name.endswith("_smoothing")}
-        scales[(reduce_range, alpha)] = np.concatenate(
+        scales[(reduce_range, given)] = np.concatenate(
             [numpy_helper.to_array(t).ravel() for t in graph.initializer if t.name in smoothing_muls])
-    # The alpha really reaches the graph: 7-bit "auto" smooths differently from 8-bit, and the 8-bit alpha alike on both.
-    assert not np.allclose(scales[(True, "auto")], scales[(False, "auto")])
-    np.testing.assert_allclose(scales[(True, eight)], scales[(False, "auto")], rtol=1e-6)
+    # The choice really reaches the graph: 7-bit "auto" smooths differently from 8-bit, the 8-bit values alike on both.
+    auto = ("auto", "auto")
+    assert not np.allclose(scales[(True, auto)], scales[(False, auto)])
+    np.testing.assert_allclose(scales[(True, eight)], scales[(False, auto)], rtol=1e-6)

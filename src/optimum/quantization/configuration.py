@@ -25,6 +25,8 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 EMBEDDING_STORAGE = ("per-row", "per-tensor")
 # What dynamic INT8 smooths with when no calibration_dataset is given (None: it does not smooth then).
 SMOOTHING_WITHOUT_DATA = ("random-words", None)
+# How smoothing summarises each channel over its texts: SmoothQuant's largest value, or the mean of each text's largest.
+SMOOTHING_STATISTICS = ("auto", "max", "mean-max")
 
 
 def _check_choice(kind: str, value: object, valid) -> None:
@@ -143,12 +145,17 @@ class _QuantConfigBase:
         return dataclasses.replace(copy.deepcopy(self), **changes)
 
 
+def _or_default(value, backend_default):
+    """A field's value as given, or where it is "auto" the backend's measured default."""
+    return backend_default if value == "auto" else value
+
+
 class _SmoothingChoice:
     """For configs with a `smoothing_alpha` field that takes "auto"."""
 
     def smoothing(self, backend_default: float | None) -> float | None:
         """`smoothing_alpha` as given, or for "auto" the backend's measured default (None: no smoothing)."""
-        return backend_default if self.smoothing_alpha == "auto" else self.smoothing_alpha
+        return _or_default(self.smoothing_alpha, backend_default)
 
 
 @dataclass
@@ -173,7 +180,12 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     skipped. `"auto"` takes alpha by weight range: 0.5 with 8-bit weights, 0.4 with 7-bit weights (`reduce_range`, by
     default on CPUs without VNNI), whose steps are twice as coarse, so less of the activations' range should move into
     them (fine-tuned MiniLM on AVX2 code paths: SQuAD F1 +0.05 against -0.55 at 0.5, SST-2 agreement level; with
-    8-bit weights 0.4 lost 0.46 F1 more than 0.5; `benchmarks/RESULTS.md`).
+    8-bit weights 0.4 lost 0.46 F1 more than 0.5; `benchmarks/RESULTS.md`). `smoothing_statistic` is how a channel's
+    range is summarised over the texts: `"max"`, the largest over all of them (SmoothQuant's), or `"mean-max"`, the
+    mean of each text's largest value, which does not grow with the number of texts. `"auto"` takes it by weight range
+    like alpha: "max" with 8-bit weights, "mean-max" with 7-bit ones. SQuAD F1 moves by up to 1.5 points with the
+    texts drawn, so each was measured over several draws (`benchmarks/RESULTS.md`, "How much the smoothing texts move
+    SQuAD F1").
 
     `fuse_layer_norm` (ONNX Runtime, fused encoder graphs): False keeps residual adds apart from LayerNorm and bias
     adds apart from GELU, and our loader keeps ONNX Runtime from fusing them at load (`backends/ort_norm_fusion.py`);
@@ -187,10 +199,12 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     smoothing_alpha: Union[float, str, None] = "auto"
     smoothing_samples: int = 64
     smoothing_without_data: str | None = "random-words"
+    smoothing_statistic: str = "auto"
     fuse_layer_norm: bool = False
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
+        _check_choice("smoothing statistic", self.smoothing_statistic, SMOOTHING_STATISTICS)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
         _check_bool("fuse_layer_norm", self.fuse_layer_norm)
@@ -202,6 +216,10 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
 
     def calibration_samples(self) -> int | None:
         return self.smoothing_samples if self.smoothing_alpha is not None else None
+
+    def resolved_smoothing_statistic(self, backend_default: str) -> str:
+        """`smoothing_statistic` as given, or for "auto" the backend's measured default."""
+        return _or_default(self.smoothing_statistic, backend_default)
 
 
 @dataclass
@@ -259,11 +277,11 @@ class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
 
     def quantize_activation_matmuls(self, backend_default: bool) -> bool:
         """`activation_matmuls` as given, or for "auto" the backend's measured default."""
-        return backend_default if self.activation_matmuls == "auto" else self.activation_matmuls
+        return _or_default(self.activation_matmuls, backend_default)
 
     def symmetric_activations(self, backend_default: bool) -> bool:
         """`symmetric` as given, or for "auto" the backend's measured default."""
-        return backend_default if self.symmetric == "auto" else self.symmetric
+        return _or_default(self.symmetric, backend_default)
 
 
 @dataclass

@@ -73,6 +73,10 @@ SYMMETRIC_ACTIVATIONS = False
 # Fine-tuned MiniLM on AVX2 code paths (7-bit), with calibration data, alpha 0.3 / 0.4 / 0.5: SQuAD F1 -0.34 / +0.05 /
 # -0.55, SST-2 agreement on 15,000 unseen sentences 98.86 / 98.97 / 99.00% (benchmarks/RESULTS.md). 8-bit (VNNI): 0.5.
 DYNAMIC_SMOOTHING_ALPHA = {"8-bit": 0.5, "7-bit": 0.4}
+# And what smoothing_statistic="auto" means, by weight range. Fine-tuned MiniLM, SQuAD F1 averaged over draws of the
+# smoothing texts (with data and without): on AVX2 code paths (7-bit) the mean of each text's maxima beat the maxima,
+# with VNNI (8-bit) it lost to them (benchmarks/RESULTS.md, "How much the smoothing texts move SQuAD F1").
+DYNAMIC_SMOOTHING_STATISTIC = {"8-bit": "max", "7-bit": "mean-max"}
 # What StaticQuantConfig(smoothing_alpha="auto") means here: SmoothQuant on the LayerNorm-fed GEMMs of the plain
 # graph (Q/K/V share a scale). Fine-tuned MiniLM, VNNI Xeon, attention MatMuls in INT8: SQuAD F1 -0.95 -> -0.09 with
 # alpha 0.5 (0.3 and 0.7: -0.48, -0.49). Zen 4, attention MatMuls in FP32 (the default since): alpha 0.7 against
@@ -349,7 +353,8 @@ class OnnxRuntimeBackend(Backend):
                 feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
                                           input_names=[i.name for i in graph.graph.input], pad=False)
                 smoothed_path = work_dir / "smoothed.onnx"
-                smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude))
+                statistic = config.resolved_smoothing_statistic(DYNAMIC_SMOOTHING_STATISTIC[bits])
+                smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude), statistic)
                 details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
                 src = smoothed_path
         per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types and has_per_row_tables(graph)

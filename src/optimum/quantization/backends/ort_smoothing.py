@@ -40,8 +40,17 @@ def smoothing_targets(graph: onnx.GraphProto, skip: set[str]) -> list[onnx.NodeP
     ]
 
 
-def input_channel_amax(model: onnx.ModelProto, tensors: list[str], feeds: list[dict]) -> dict[str, np.ndarray]:
-    """Largest |value| per last-axis channel of each tensor over the calibration feeds (FP32 ONNX Runtime run)."""
+# How each channel's range is summarised over the calibration texts (one feed each): SmoothQuant's largest value
+# over all of them, or the mean of each text's largest value, which does not grow with the number of texts
+# (benchmarks/RESULTS.md, "How much the smoothing texts move SQuAD F1").
+SMOOTHING_STATISTICS = {"max": np.max, "mean-max": np.mean}
+
+
+def input_channel_amax(
+    model: onnx.ModelProto, tensors: list[str], feeds: list[dict], statistic: str = "max"
+) -> dict[str, np.ndarray]:
+    """|value| per last-axis channel of each tensor (FP32 ONNX Runtime run): its largest over every feed
+    (`statistic="max"`) or the mean over the feeds of each feed's largest (`"mean-max"`)."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -52,16 +61,18 @@ def input_channel_amax(model: onnx.ModelProto, tensors: list[str], feeds: list[d
             probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
-    amax: dict[str, np.ndarray] = {}
+    per_feed: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
     for feed in feeds:
         outputs = session.run(tensors, {k: v for k, v in feed.items() if k in inputs})
         for name, value in zip(tensors, outputs):
-            current = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            amax[name] = np.maximum(amax[name], current) if name in amax else current
-    return amax
+            per_feed[name].append(np.abs(value.reshape(-1, value.shape[-1])).max(axis=0))
+    reduce = SMOOTHING_STATISTICS[statistic]
+    return {name: reduce(np.stack(maxima), axis=0) for name, maxima in per_feed.items() if maxima}
 
 
-def smooth_graph(model: onnx.ModelProto, feeds: list[dict], alpha: float, skip: set[str]) -> dict:
+def smooth_graph(
+    model: onnx.ModelProto, feeds: list[dict], alpha: float, skip: set[str], statistic: str = "max"
+) -> dict:
     """Rescale every smoothing target of `model` in place; returns what was done (for the recipe).
 
     GEMMs reading the same tensor (an unfused graph's Q, K and V) share one scale and one `Mul`, with the weight
@@ -70,11 +81,11 @@ def smooth_graph(model: onnx.ModelProto, feeds: list[dict], alpha: float, skip: 
     graph = model.graph
     targets = smoothing_targets(graph, skip)
     if not targets:
-        return {"alpha": alpha, "smoothed_nodes": [], "calibration_samples": len(feeds)}
+        return {"alpha": alpha, "statistic": statistic, "smoothed_nodes": [], "calibration_samples": len(feeds)}
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in targets:
         groups.setdefault(node.input[0], []).append(node)
-    amax = input_channel_amax(model, sorted(groups), feeds)
+    amax = input_channel_amax(model, sorted(groups), feeds, statistic)
     initializers = {i.name: i for i in graph.initializer}
     ratios = []
     for tensor, nodes in groups.items():
@@ -93,12 +104,15 @@ def smooth_graph(model: onnx.ModelProto, feeds: list[dict], alpha: float, skip: 
         for node in nodes:
             node.input[0] = smoothed
         ratios.append(float(scale.max() / scale.min()))
-    return {"alpha": alpha, "smoothed_nodes": [n.name for n in targets], "calibration_samples": len(feeds),
+    return {"alpha": alpha, "statistic": statistic, "smoothed_nodes": [n.name for n in targets],
+            "calibration_samples": len(feeds),
             "largest_scale_ratio": round(max(ratios), 2)}
 
 
-def smooth_file(src: Path, dst: Path, feeds: list[dict], alpha: float, skip: set[str]) -> dict:
+def smooth_file(
+    src: Path, dst: Path, feeds: list[dict], alpha: float, skip: set[str], statistic: str = "max"
+) -> dict:
     model = onnx.load(str(src))
-    details = smooth_graph(model, feeds, alpha, skip)
+    details = smooth_graph(model, feeds, alpha, skip, statistic)
     onnx.save(model, str(dst))
     return details
