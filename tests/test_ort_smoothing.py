@@ -190,7 +190,7 @@ def test_smoothing_statistics_are_the_largest_value_or_the_mean_of_each_texts_la
     np.testing.assert_allclose(largest, np.maximum(*per_feed), rtol=1e-6)
     np.testing.assert_allclose(mean, (per_feed[0] + per_feed[1]) / 2, rtol=1e-6)
     assert input_channel_amax(model, ["h"], feeds)["h"].tolist() == largest.tolist()  # SmoothQuant's is the default
-    # Four copies of the same feed: the max and the mean do not move with the number of texts alike.
+    # The mean over four copies of one text is that text's maximum: it does not grow with the number of texts.
     assert np.allclose(input_channel_amax(model, ["h"], feeds[:1] * 4, "mean-max")["h"], per_feed[0], rtol=1e-6)
 
 
