@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import finetune
+from optimum.quantization import DynamicQuantConfig
 from optimum.quantization.evaluation.report import evaluation_markdown, write_reports
 from optimum.quantization.side_by_side import run_evaluation
 from optimum.quantization.variants import parse_variants
@@ -37,7 +38,6 @@ VARIANTS = [
 ]
 AGREEMENT_SENTENCES = 5000
 CALIBRATION_SENTENCES = 128  # the unseen sentences right after the agreement set calibrate static variants
-SMOOTHING_TEXTS = 64  # DynamicQuantConfig().smoothing_samples: how many random-word texts dynamic INT8 draws
 
 
 def unseen_train_sentences(count: int) -> list[str]:
@@ -92,10 +92,9 @@ def random_words_file(model: Path, seed: int, pairs: bool) -> Path:
 
     from optimum.quantization.calibration import random_word_examples
 
-    examples = random_word_examples(AutoTokenizer.from_pretrained(model), SMOOTHING_TEXTS, pairs=pairs, seed=seed)
-    if pairs:
-        return calibration_file([json.dumps({"question": q, "context": c}) for q, c in examples], ".jsonl")
-    return calibration_file(examples, ".txt")
+    count = DynamicQuantConfig().smoothing_samples
+    examples = random_word_examples(AutoTokenizer.from_pretrained(model), count, pairs=pairs, seed=seed)
+    return qa_calibration_file(examples) if pairs else calibration_file(examples, ".txt")
 
 
 def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_count: int = AGREEMENT_SENTENCES,
@@ -104,8 +103,9 @@ def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_co
     dev_texts, dev_labels = finetune.load_sst2("dev")
     unseen = unseen_train_sentences(max(unlabelled_start + unlabelled_count, AGREEMENT_SENTENCES + CALIBRATION_SENTENCES))
     unlabelled = agreement_sentences(unseen, unlabelled_start, unlabelled_count)
-    calibration = calibration_file(unseen[AGREEMENT_SENTENCES:AGREEMENT_SENTENCES + CALIBRATION_SENTENCES], ".txt")
-    if random_words_seed is not None:
+    if random_words_seed is None:
+        calibration = calibration_file(unseen[AGREEMENT_SENTENCES:AGREEMENT_SENTENCES + CALIBRATION_SENTENCES], ".txt")
+    else:
         calibration = random_words_file(model, random_words_seed, pairs=False)
     where = f" (unseen sentences {unlabelled_start}-{unlabelled_start + unlabelled_count - 1})" if unlabelled_start else ""
     # One build scores both sets: a variant built twice could differ (OpenVINO precision="auto" times on each build).
@@ -118,11 +118,16 @@ def sst2(variants, threads: int | None, unlabelled_start: int = 0, unlabelled_co
     )
 
 
+def qa_calibration_file(pairs: list[tuple[str, str]]) -> Path:
+    """(question, context) pairs as a .jsonl calibration file."""
+    return calibration_file([json.dumps({"question": q, "context": c}) for q, c in pairs], ".jsonl")
+
+
 def squad_calibration_file(draw: int = 0) -> Path:
     """128 training-article questions (never the held-out ones) as a .jsonl calibration file; `draw` seeds which."""
     train_questions = [(e["question"], e["context"]) for e in finetune.load_squad_examples("train")]
     random.Random(draw).shuffle(train_questions)
-    return calibration_file([json.dumps({"question": q, "context": c}) for q, c in train_questions[:128]], ".jsonl")
+    return qa_calibration_file(train_questions[:128])
 
 
 def squad(variants, threads: int | None, limit: int | None, baseline: str = "pytorch-fp32",
