@@ -63,6 +63,11 @@ def _check_smoothing_alpha(value) -> None:
         raise ConfigError(f"`smoothing_alpha` must be None, 'auto' or a number in (0, 1), got {value!r}.")
 
 
+def _check_outlier_channel_ratio(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1.0):
+        raise ConfigError(f"`outlier_channel_ratio` must be None or a number > 1, got {value!r}.")
+
+
 def _check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"`{name}` must be True or False, got {value!r}.")
@@ -187,6 +192,12 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     texts drawn, so each was measured over several draws (`benchmarks/RESULTS.md`, "How much the smoothing texts move
     SQuAD F1").
 
+    `outlier_channel_ratio` (ONNX Runtime, fused encoder graphs): the few input channels of the FFN's second GEMM whose
+    largest value on the same texts smoothing measures is more than this many times the tensor's 99th-percentile
+    channel maximum are computed by a small FP32 side path, so the INT8 GEMM's one activation scale fits the rest
+    (`backends/ort_outlier_channels.py`). On fine-tuned MiniLM those are one [CLS] channel in each of the first four
+    layers (two in the third), 2-4x past the rest; `None` turns it off (`benchmarks/RESULTS.md`, "Outlier channels").
+
     `fuse_layer_norm` (ONNX Runtime, fused encoder graphs): False keeps residual adds apart from LayerNorm and bias
     adds apart from GELU, and our loader keeps ONNX Runtime from fusing them at load (`backends/ort_norm_fusion.py`);
     True gives ONNX Runtime's `SkipLayerNormalization` and `BiasGelu`. Same function, different speed.
@@ -200,6 +211,7 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     smoothing_samples: int = 64
     smoothing_without_data: str | None = "random-words"
     smoothing_statistic: str = "auto"
+    outlier_channel_ratio: float | None = 2.0
     fuse_layer_norm: bool = False
 
     def __post_init__(self):
@@ -207,6 +219,7 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
         _check_choice("smoothing statistic", self.smoothing_statistic, SMOOTHING_STATISTICS)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
+        _check_outlier_channel_ratio(self.outlier_channel_ratio)
         _check_bool("fuse_layer_norm", self.fuse_layer_norm)
         if self.smoothing_without_data not in SMOOTHING_WITHOUT_DATA:
             raise ConfigError(
@@ -215,7 +228,8 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
         super().__post_init__()
 
     def calibration_samples(self) -> int | None:
-        return self.smoothing_samples if self.smoothing_alpha is not None else None
+        uses_activations = self.smoothing_alpha is not None or self.outlier_channel_ratio is not None
+        return self.smoothing_samples if uses_activations else None
 
     def resolved_smoothing_statistic(self, backend_default: str) -> str:
         """`smoothing_statistic` as given, or for "auto" the backend's measured default."""

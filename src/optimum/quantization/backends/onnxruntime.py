@@ -33,6 +33,7 @@ from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_pair_safe import make_pair_safe
+from .ort_outlier_channels import split_file
 from .ort_smoothing import smooth_file
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .generate_threads import RuntimeGenerateThreadsMixin
@@ -313,6 +314,48 @@ class OnnxRuntimeBackend(Backend):
         examples = random_word_examples(request.tokenizer, config.smoothing_samples, pairs=pairs)
         return examples, "random-words" if examples else "no calibration_dataset given and no whole words in the vocabulary"
 
+    def _rewrite_on_activations(
+        self, src: Path, graph: onnx.ModelProto, config: DynamicQuantConfig, request: QuantizationRequest,
+        model_config, alpha: float | None, default_statistic: str, nodes_to_exclude: list[str], work_dir: Path,
+        details: dict,
+    ) -> tuple[Path, list[str]]:
+        """The FP32 rewrites dynamic INT8 measures activations for: smoothing, then outlier channels split off.
+
+        Records each in `details` (what was done, or why not); returns the graph to quantize and the FP32 side-path
+        nodes to keep out of quantization."""
+        ratio = config.outlier_channel_ratio
+        steps = {"smoothing": (alpha, "smoothing_alpha=None"), "outlier_channels": (ratio, "outlier_channel_ratio=None")}
+        wanted = [step for step, (value, _) in steps.items() if value is not None]
+        for step, (value, reason) in steps.items():
+            if value is None:
+                details[step] = {"applied": False, "reason": reason}
+        if not wanted:
+            return src, []
+        if not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs these measurements lack
+            reason = "only measured on ONNX Runtime's fused encoder graphs"
+        else:
+            examples, source = self._smoothing_examples(request, config)
+            reason = None if examples else source
+        if reason is not None:
+            details.update({step: {"applied": False, "reason": reason} for step in wanted})
+            return src, []
+        feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
+                                  input_names=[i.name for i in graph.graph.input], pad=False)
+        if alpha is not None:
+            smoothed_path = work_dir / "smoothed.onnx"
+            statistic = config.resolved_smoothing_statistic(default_statistic)
+            smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude), statistic)
+            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
+            src = smoothed_path
+        side_path_nodes: list[str] = []
+        if ratio is not None:
+            split_path = work_dir / "outlier_channels.onnx"
+            split = split_file(src, split_path, feeds, ratio, set(nodes_to_exclude))
+            side_path_nodes = split.pop("side_path_nodes")
+            details["outlier_channels"] = {"applied": bool(split["split"]), "statistics": source, **split}
+            src = split_path
+        return src, side_path_nodes
+
     def _quantize_dynamic(
         self, src: Path, dst: Path, config: DynamicQuantConfig, export_dir: Path, work_dir: Path,
         request: QuantizationRequest,
@@ -341,22 +384,9 @@ class OnnxRuntimeBackend(Backend):
         bits = "7-bit" if reduce_range else "8-bit"
         weight_range = "pair-safe" if pair_safe else bits
         alpha = config.smoothing(DYNAMIC_SMOOTHING_ALPHA[bits])
-        if alpha is None:
-            details["smoothing"] = {"applied": False, "reason": "smoothing_alpha=None"}
-        elif not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs smoothing feeds lack
-            details["smoothing"] = {"applied": False, "reason": "only measured on ONNX Runtime's fused encoder graphs"}
-        else:
-            examples, source = self._smoothing_examples(request, config)
-            if not examples:
-                details["smoothing"] = {"applied": False, "reason": source}
-            else:
-                feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
-                                          input_names=[i.name for i in graph.graph.input], pad=False)
-                smoothed_path = work_dir / "smoothed.onnx"
-                statistic = config.resolved_smoothing_statistic(DYNAMIC_SMOOTHING_STATISTIC[bits])
-                smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude), statistic)
-                details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
-                src = smoothed_path
+        src, side_path_nodes = self._rewrite_on_activations(
+            src, graph, config, request, model_config, alpha, DYNAMIC_SMOOTHING_STATISTIC[bits], nodes_to_exclude,
+            work_dir, details)
         per_row = config.embeddings == "per-row" and EMBEDDING_OP in op_types and has_per_row_tables(graph)
         quantize_dynamic(
             src,
@@ -365,7 +395,7 @@ class OnnxRuntimeBackend(Backend):
             per_channel=config.per_channel,
             reduce_range=reduce_range,
             op_types_to_quantize=[op for op in op_types if not (per_row and op == EMBEDDING_OP)],
-            nodes_to_exclude=nodes_to_exclude,
+            nodes_to_exclude=nodes_to_exclude + side_path_nodes,
             extra_options=dict(_FLOAT_DEFAULT),
         )
         if pair_safe or per_row:

@@ -1,0 +1,193 @@
+"""Outlier channels of the FFN's second GEMM kept in FP32 before dynamic INT8, on ONNX Runtime graphs.
+
+Dynamic INT8 gives each activation tensor one scale per batch. In the first layers of fine-tuned MiniLM the GELU
+output that feeds the FFN's second GEMM has one or two channels whose value on the [CLS] token is 3-4x the largest
+value anywhere else (24 against 6 in layer 0), so that scale leaves every other value a quarter of its levels; on
+SQuAD those GEMMs cause most of the INT8 error (benchmarks/RESULTS.md). SmoothQuant cannot move such a channel into
+the weight, because GELU sits between the two GEMMs.
+
+Channel j of `GEMM2(act(GEMM1(x) + b))` depends only on column j of W1, b_j and row j of W2. So each outlier channel
+is taken out of the INT8 path (W1 and b lose the column, W2 the row) and computed by a small FP32 side path,
+`act(x @ W1[:, J] + b[J]) @ W2[J, :]`, added to the GEMM's (bias-added) output: the FP32 graph computes the same
+function, and the INT8 GEMM quantizes a tensor whose largest value is the typical one. A channel is an outlier when
+its largest value over the calibration texts is more than `ratio` times the 99th percentile of the tensor's channel
+maxima; at most `MAX_CHANNELS` per GEMM, so the side path stays a sliver of the GEMM's work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .ort_smoothing import input_channel_amax
+
+# Elementwise activations between the FFN's GEMMs (ORT's fused Gelu, the ONNX ops): a channel of their output
+# depends on that channel of their input only.
+ELEMENTWISE_ACTIVATIONS = {"Gelu", "FastGelu", "QuickGelu", "Relu"}
+MAX_CHANNELS = 8
+REFERENCE_PERCENTILE = 99.0
+
+
+@dataclass
+class FeedForward:
+    """GEMM1 -> [bias Add] -> activation -> GEMM2 (-> its bias Add, when there is one)."""
+
+    first: onnx.NodeProto
+    bias_add: onnx.NodeProto | None
+    bias: str | None
+    activation: onnx.NodeProto
+    second: onnx.NodeProto
+    output_add: onnx.NodeProto | None
+
+
+def _single_constant(node: onnx.NodeProto, initializers) -> tuple[str | None, str | None]:
+    """(the constant input, the other input) of a two-input node with exactly one initializer input."""
+    constants = [name for name in node.input if name in initializers]
+    others = [name for name in node.input if name not in initializers]
+    return (constants[0], others[0]) if len(constants) == 1 and len(others) == 1 else (None, None)
+
+
+def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
+    """Every GEMM1 -> [bias] -> activation -> GEMM2 chain whose weights and intermediate tensors nothing else uses,
+    whose second GEMM is not in `skip` and whose output is not a graph output."""
+    initializers = {i.name for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+
+    def only_use(name: str) -> bool:
+        return len(consumers.get(name, [])) == 1 and name not in graph_outputs
+
+    def constant_weight_matmul(node) -> bool:
+        return (node is not None and node.op_type == "MatMul" and len(node.input) == 2
+                and node.input[1] in initializers and only_use(node.input[1]))
+
+    found = []
+    for second in graph.node:
+        if not constant_weight_matmul(second) or second.name in skip:
+            continue
+        activation = producers.get(second.input[0])
+        if (activation is None or activation.op_type not in ELEMENTWISE_ACTIVATIONS or len(activation.input) != 1
+                or not only_use(activation.output[0])):
+            continue
+        first, bias_add, bias = producers.get(activation.input[0]), None, None
+        if first is not None and first.op_type == "Add":
+            bias, other = _single_constant(first, initializers)
+            if bias is None or not only_use(first.output[0]) or not only_use(bias):
+                continue
+            bias_add, first = first, producers.get(other)
+        if not constant_weight_matmul(first) or not only_use(first.output[0]):
+            continue
+        if second.output[0] in graph_outputs:
+            continue
+        after = consumers.get(second.output[0], [])
+        # The side path is added after the GEMM's bias Add where it can be (not a graph output: names stay).
+        output_add = after[0] if (len(after) == 1 and after[0].op_type == "Add" and _single_constant(
+            after[0], initializers)[0] and after[0].output[0] not in graph_outputs) else None
+        found.append(FeedForward(first, bias_add, bias, activation, second, output_add))
+    return found
+
+
+def outlier_channels(channel_amax: np.ndarray, ratio: float) -> list[int]:
+    """Channels whose largest value is more than `ratio` times the tensor's 99th-percentile channel maximum, largest
+    first, at most `MAX_CHANNELS`."""
+    reference = float(np.percentile(channel_amax, REFERENCE_PERCENTILE))
+    order = np.argsort(-channel_amax, kind="stable")[:MAX_CHANNELS]
+    return [int(j) for j in order if channel_amax[j] > ratio * reference]
+
+
+def _side_path_name(second: onnx.NodeProto) -> str:
+    """'/bert/encoder/layer.0/output/dense/MatMul' -> '/bert/encoder/layer.0/output/dense/outlier_channels', so the
+    side path's module name is the GEMM's followed by `.outlier_channels`."""
+    parent = second.name.rsplit("/", 1)[0] if "/" in second.name else second.name
+    return f"{parent}/outlier_channels"
+
+
+def _split(graph: onnx.GraphProto, chain: FeedForward, channels: list[int], initializers: dict) -> list[str]:
+    """Move `channels` of `chain` into an FP32 side path; returns the side path's node names."""
+    w_in = numpy_helper.to_array(initializers[chain.first.input[1]])
+    w_out = numpy_helper.to_array(initializers[chain.second.input[1]])
+    kept = np.setdiff1d(np.arange(w_out.shape[0]), channels)
+    prefix = _side_path_name(chain.second)
+    new_initializers = [numpy_helper.from_array(np.ascontiguousarray(w_in[:, channels]), f"{prefix}/weight_in"),
+                        numpy_helper.from_array(np.ascontiguousarray(w_out[channels, :]), f"{prefix}/weight_out")]
+    initializers[chain.first.input[1]].CopyFrom(
+        numpy_helper.from_array(np.ascontiguousarray(w_in[:, kept]), chain.first.input[1]))
+    initializers[chain.second.input[1]].CopyFrom(
+        numpy_helper.from_array(np.ascontiguousarray(w_out[kept, :]), chain.second.input[1]))
+
+    nodes = [helper.make_node("MatMul", [chain.first.input[0], f"{prefix}/weight_in"], [f"{prefix}/pre_bias"],
+                              name=f"{prefix}/MatMul_in")]
+    pre_activation = f"{prefix}/pre_bias"
+    if chain.bias is not None:
+        bias = numpy_helper.to_array(initializers[chain.bias])
+        new_initializers.append(numpy_helper.from_array(np.ascontiguousarray(bias[channels]), f"{prefix}/bias"))
+        initializers[chain.bias].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(bias[kept]), chain.bias))
+        nodes.append(helper.make_node("Add", [pre_activation, f"{prefix}/bias"], [f"{prefix}/pre_activation"],
+                                      name=f"{prefix}/Add_bias"))
+        pre_activation = f"{prefix}/pre_activation"
+    activation = helper.make_node(chain.activation.op_type, [pre_activation], [f"{prefix}/activation"],
+                                  name=f"{prefix}/{chain.activation.op_type}", domain=chain.activation.domain)
+    activation.attribute.extend(chain.activation.attribute)
+    nodes += [activation,
+              helper.make_node("MatMul", [f"{prefix}/activation", f"{prefix}/weight_out"], [f"{prefix}/output"],
+                               name=f"{prefix}/MatMul_out")]
+    # Added after the GEMM's bias Add, so ONNX Runtime still fuses the INT8 GEMM with its bias.
+    tail = (chain.output_add or chain.second).output[0]
+    total = f"{prefix}/sum"
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == tail:
+                node.input[i] = total
+    nodes.append(helper.make_node("Add", [tail, f"{prefix}/output"], [total], name=f"{prefix}/Add"))
+    graph.initializer.extend(new_initializers)
+    position = list(graph.node).index(chain.output_add or chain.second) + 1
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    # The intermediate tensors lost channels: drop their recorded shapes rather than leave wrong ones.
+    resized = {chain.first.output[0], chain.activation.output[0], *(chain.bias_add.output[:1] if chain.bias_add else [])}
+    stale = [vi for vi in graph.value_info if vi.name in resized]
+    for vi in stale:
+        graph.value_info.remove(vi)
+    return [node.name for node in nodes]
+
+
+def split_outlier_channels(model: onnx.ModelProto, feeds: list[dict], ratio: float, skip: set[str]) -> dict:
+    """Split the outlier channels of every feed-forward chain of `model` (in place) into FP32 side paths.
+
+    Returns the recipe's record: `side_path_nodes` (to keep out of quantization) and, per split GEMM, the channels,
+    their largest values and the largest value left in the INT8 path.
+    """
+    chains = feed_forwards(model.graph, skip)
+    record: dict = {"ratio": ratio, "split": {}, "side_path_nodes": []}
+    if not chains:
+        return record
+    amax = input_channel_amax(model, sorted({c.second.input[0] for c in chains}), feeds, "max")
+    initializers = {i.name: i for i in model.graph.initializer}
+    for chain in chains:
+        channel_amax = amax[chain.second.input[0]]
+        channels = outlier_channels(channel_amax, ratio)
+        if not channels:
+            continue
+        kept = np.setdiff1d(np.arange(channel_amax.size), channels)
+        record["side_path_nodes"] += _split(model.graph, chain, channels, initializers)
+        record["split"][chain.second.name] = {
+            "channels": channels,
+            "channel_max": [round(float(channel_amax[j]), 3) for j in channels],
+            "largest_left": round(float(channel_amax[kept].max()), 3),
+        }
+    return record
+
+
+def split_file(src: Path, dst: Path, feeds: list[dict], ratio: float, skip: set[str]) -> dict:
+    model = onnx.load(str(src))
+    record = split_outlier_channels(model, feeds, ratio, skip)
+    onnx.save(model, str(dst))
+    return record
