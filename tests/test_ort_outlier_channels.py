@@ -4,6 +4,7 @@ less INT8 error when one channel sets the activation scale."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +14,8 @@ import transformers
 from conftest import SENTENCES
 from onnx import TensorProto, helper, numpy_helper
 from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
-from test_ort_smoothing import dynamic_int8, run
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from test_ort_smoothing import run
 
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
 from optimum.quantization.backends.ort_outlier_channels import (
@@ -28,7 +30,7 @@ from optimum.quantization.errors import ConfigError
 HIDDEN, INNER, TOKENS, OUTLIER = 32, 128, 16, 5
 
 
-def feed_forward(outlier_gain: float, second_consumer: bool = False) -> onnx.ModelProto:
+def feed_forward(outlier_gain: float, second_consumer: bool = False, erf_gelu: bool = False) -> onnx.ModelProto:
     """x -> MatMul -> bias Add -> Gelu -> MatMul -> bias Add -> Relu -> z, where inner channel OUTLIER is `outlier_gain` times
     larger than the others on token 0 only (BERT's [CLS] channel)."""
     rng = np.random.default_rng(0)
@@ -38,7 +40,7 @@ def feed_forward(outlier_gain: float, second_consumer: bool = False) -> onnx.Mod
     nodes = [
         helper.make_node("MatMul", ["x", "w_in"], ["h"], name="/ffn/intermediate/MatMul"),
         helper.make_node("Add", ["b_in", "h"], ["hb"], name="/ffn/intermediate/Add"),
-        helper.make_node("Gelu", ["hb"], ["g"], name="/ffn/Gelu"),
+        *(erf_gelu_nodes("hb", "g") if erf_gelu else [helper.make_node("Gelu", ["hb"], ["g"], name="/ffn/Gelu")]),
         helper.make_node("MatMul", ["g", "w_out"], ["o"], name="/ffn/output/MatMul"),
         helper.make_node("Add", ["o", "b_out"], ["y"], name="/ffn/output/Add"),
         helper.make_node("Relu", ["y"], ["z"], name="/next/Relu"),
@@ -56,6 +58,20 @@ def feed_forward(outlier_gain: float, second_consumer: bool = False) -> onnx.Mod
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
+def erf_gelu_nodes(x: str, y: str) -> list[onnx.NodeProto]:
+    """GELU as torch.onnx exports it: x * (erf(x / sqrt(2)) + 1) * 0.5, its scalars from Constant nodes."""
+    def constant(name, value):
+        return helper.make_node("Constant", [], [name], name=f"/ffn/act/{name}",
+                                value=numpy_helper.from_array(np.array(value, np.float32)))
+    return [
+        constant("sqrt2", 2 ** 0.5), helper.make_node("Div", [x, "sqrt2"], ["d"], name="/ffn/act/Div"),
+        helper.make_node("Erf", ["d"], ["e"], name="/ffn/act/Erf"),
+        constant("one", 1.0), helper.make_node("Add", ["e", "one"], ["e1"], name="/ffn/act/Add"),
+        helper.make_node("Mul", [x, "e1"], ["m"], name="/ffn/act/Mul"),
+        constant("half", 0.5), helper.make_node("Mul", ["m", "half"], [y], name="/ffn/act/Mul_1"),
+    ]
+
+
 def feeds(count: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     result = []
@@ -65,6 +81,15 @@ def feeds(count: int, seed: int) -> list[dict]:
         x[0, 0, 0] = 1.0  # the [CLS]-like token
         result.append({"x": x})
     return result
+
+
+def second_gemm_int8(model: onnx.ModelProto, folder: Path) -> str:
+    """Dynamic INT8 of the FFN's second GEMM alone (7-bit weights, as AVX2 CPUs get by default)."""
+    folder.mkdir()
+    onnx.save(model, str(folder / "fp32.onnx"))
+    quantize_dynamic(str(folder / "fp32.onnx"), str(folder / "int8.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True, reduce_range=True, nodes_to_quantize=["/ffn/output/MatMul"])
+    return str(folder / "int8.onnx")
 
 
 def test_split_keeps_the_fp32_function_and_cuts_int8_error(tmp_path):
@@ -85,11 +110,20 @@ def test_split_keeps_the_fp32_function_and_cuts_int8_error(tmp_path):
     test = feeds(1, 2)[0]
     reference = run(plain, test)
     np.testing.assert_allclose(run(split, test), reference, rtol=1e-4, atol=1e-5)
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "split").mkdir()
-    error_plain = np.abs(run(dynamic_int8(plain, tmp_path / "plain"), test) - reference).mean()
-    error_split = np.abs(run(dynamic_int8(split, tmp_path / "split"), test) - reference).mean()
-    assert error_split < 0.5 * error_plain, (error_split, error_plain)
+    error_plain = np.abs(run(second_gemm_int8(plain, tmp_path / "plain"), test) - reference).mean()
+    error_split = np.abs(run(second_gemm_int8(split, tmp_path / "split"), test) - reference).mean()
+    assert error_split < 0.4 * error_plain, (error_split, error_plain)
+
+
+def test_the_exported_erf_gelu_is_cloned_onto_the_side_path(tmp_path):
+    plain, split = feed_forward(40.0, erf_gelu=True), feed_forward(40.0, erf_gelu=True)
+    record = split_outlier_channels(split, feeds(8, 1), ratio=2.0, skip=set())
+    assert record["split"]["/ffn/output/MatMul"]["channels"] == [OUTLIER]
+    side = [n for n in split.graph.node if n.name in record["side_path_nodes"]]
+    assert [n.op_type for n in side] == ["MatMul", "Add", "Div", "Erf", "Add", "Mul", "Mul", "MatMul", "Add"]
+    onnx.checker.check_model(split)
+    test = feeds(1, 2)[0]
+    np.testing.assert_allclose(run(split, test), run(plain, test), rtol=1e-4, atol=1e-5)
 
 
 def test_nothing_is_split_without_an_outlier_or_where_it_cannot_be():
@@ -150,9 +184,30 @@ def test_dynamic_default_splits_an_outlier_channel_of_a_bert_and_records_it(outl
     assert unsplit.quantization_recipe.details["outlier_channels"] == {
         "applied": False, "reason": "outlier_channel_ratio=None"}
     assert not any("/outlier_channels/" in n.name for n in onnx.load(str(onnx_file(unsplit))).graph.node)
-    error_split = np.abs(split(**inputs).logits.numpy() - reference).mean()
-    error_unsplit = np.abs(unsplit(**inputs).logits.numpy() - reference).mean()
-    assert error_split < 0.7 * error_unsplit, (error_split, error_unsplit)
+
+
+# Everything but the first layer's FFN output stays FP32, unsmoothed: the logit error is that GEMM's alone (on a
+# random BERT the other GEMMs' errors are as large and partly cancel, which would hide it).
+ONLY_FIRST_FFN_OUTPUT = dict(op_types=["MatMul"], smoothing_alpha=None, keep_default_exclusions=False,
+                             exclude=["classifier*", "*.intermediate.dense", "*.attention.*", "*.layer.1.output.dense",
+                                      "bert.pooler*"])
+
+
+@pytest.mark.parametrize("config_class", ["DynamicQuantConfig", "StaticQuantConfig"])
+def test_the_split_cuts_the_int8_error_of_the_gemm_it_is_for(outlier_bert, config_class):
+    import optimum.quantization as oq
+
+    reference, inputs = fp32_logits(outlier_bert)
+    errors = {}
+    for ratio in (2.0, None):
+        model = QuantModelForSequenceClassification.from_pretrained(
+            outlier_bert, calibration_dataset=SENTENCES,
+            quantize=getattr(oq, config_class)(outlier_channel_ratio=ratio, **ONLY_FIRST_FFN_OUTPUT))
+        quantized = model.quantization_recipe.details["quantized_units"]
+        assert quantized == ["bert.encoder.layer.0.output.dense"], quantized
+        assert bool(model.quantization_recipe.details["outlier_channels"]["applied"]) == (ratio is not None)
+        errors[ratio] = np.abs(model(**inputs).logits.numpy() - reference).mean()
+    assert errors[2.0] < 0.6 * errors[None], errors
 
 
 def test_without_data_the_split_measures_random_words_and_a_plain_bert_keeps_its_channels(tiny_dir, outlier_bert):
@@ -161,6 +216,23 @@ def test_without_data_the_split_measures_random_words_and_a_plain_bert_keeps_its
     assert record["statistics"] == "random-words" and list(record["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
     plain = QuantModelForSequenceClassification.from_pretrained(tiny_dir("text-classification"), quantize="dynamic")
     assert plain.quantization_recipe.details["outlier_channels"]["split"] == {}
+
+
+def test_static_splits_where_the_ffn_output_is_quantized(outlier_bert):
+    """Static INT8 keeps `*.output.dense` FP32 by default, so there is nothing to split; quantizing them, the split
+    runs on the plain graph and clones its exported erf GELU."""
+    from optimum.quantization import StaticQuantConfig
+
+    default = QuantModelForSequenceClassification.from_pretrained(
+        outlier_bert, quantize=StaticQuantConfig(outlier_channel_ratio=2.0), calibration_dataset=SENTENCES)
+    assert default.quantization_recipe.details["outlier_channels"]["split"] == {}
+    quantized = QuantModelForSequenceClassification.from_pretrained(
+        outlier_bert, calibration_dataset=SENTENCES,
+        quantize=StaticQuantConfig(outlier_channel_ratio=2.0, keep_default_exclusions=False, exclude=["classifier*"]))
+    record = quantized.quantization_recipe.details["outlier_channels"]
+    assert list(record["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
+    side = [n for n in onnx.load(str(onnx_file(quantized))).graph.node if "/outlier_channels/" in n.name]
+    assert [n.op_type for n in side].count("Erf") == 1 and not any(n.op_type == "QuantizeLinear" for n in side)
 
 
 def test_outlier_channels_alone_still_read_calibration_texts():

@@ -270,6 +270,7 @@ class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
     symmetric: Union[bool, str] = "auto"
     smoothing_alpha: Union[float, str, None] = "auto"
     activation_matmuls: Union[bool, str] = "auto"
+    outlier_channel_ratio: float | None = None
     fuse_layer_norm: bool = False
 
     def __post_init__(self):
@@ -283,6 +284,7 @@ class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
         _check_bool_or_auto("symmetric", self.symmetric)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_bool_or_auto("activation_matmuls", self.activation_matmuls)
+        _check_outlier_channel_ratio(self.outlier_channel_ratio)
         _check_bool("fuse_layer_norm", self.fuse_layer_norm)
         super().__post_init__()
 

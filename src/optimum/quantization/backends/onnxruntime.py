@@ -427,6 +427,13 @@ class OnnxRuntimeBackend(Backend):
             smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude))
             smoothing = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
             src = smoothed_path
+        outlier_channels = {"applied": False, "reason": "outlier_channel_ratio=None"}
+        if config.outlier_channel_ratio is not None:
+            split_path = work_dir / "outlier_channels.onnx"
+            outlier_channels = split_file(src, split_path, feeds, config.outlier_channel_ratio, set(nodes_to_exclude))
+            nodes_to_exclude += outlier_channels.pop("side_path_nodes")
+            outlier_channels = {"applied": bool(outlier_channels["split"]), **outlier_channels}
+            src = split_path
         ranges, unbounded = calibrate(src, feeds, config.calibration, op_types, work_dir)
         # Nodes touching a mask tensor stay FP32: any scale for them would be meaningless.
         nodes_to_exclude += [
@@ -465,6 +472,7 @@ class OnnxRuntimeBackend(Backend):
             "reduce_range": reduce_range,
             "symmetric_activations": symmetric,
             "smoothing": smoothing,
+            "outlier_channels": outlier_channels,
             "activation_matmuls": {"quantized": quantize_matmuls, "kept_float": kept_matmuls},
             **({} if config.fuse_layer_norm else {"unfused_at_load": list(UNFUSED_AT_LOAD)}),
             "quantized_units": quantized_units(model, op_types, nodes_to_exclude),

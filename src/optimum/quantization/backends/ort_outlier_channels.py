@@ -25,21 +25,24 @@ from onnx import helper, numpy_helper
 
 from .ort_smoothing import input_channel_amax
 
-# Elementwise activations between the FFN's GEMMs (ORT's fused Gelu, the ONNX ops): a channel of their output
-# depends on that channel of their input only.
-ELEMENTWISE_ACTIVATIONS = {"Gelu", "FastGelu", "QuickGelu", "Relu"}
+# Elementwise ops the activation between the FFN's GEMMs is made of: ORT's fused Gelu, or the exported erf GELU
+# (Div, Erf, Add, Mul, Mul with scalar constants). A channel of their output depends on that channel of their input.
+ELEMENTWISE_OPS = {"Gelu", "FastGelu", "QuickGelu", "Relu", "Sigmoid", "Tanh", "Erf", "Add", "Sub", "Mul", "Div", "Pow",
+                   "Sqrt"}
 MAX_CHANNELS = 8
 REFERENCE_PERCENTILE = 99.0
 
 
 @dataclass
 class FeedForward:
-    """GEMM1 -> [bias Add] -> activation -> GEMM2 (-> its bias Add, when there is one)."""
+    """GEMM1 -> [bias Add] -> activation -> GEMM2 (-> its bias Add, when there is one). The activation is one or more
+    elementwise nodes (graph order) from `activation_input` to GEMM2's input, their other inputs scalar constants."""
 
     first: onnx.NodeProto
     bias_add: onnx.NodeProto | None
     bias: str | None
-    activation: onnx.NodeProto
+    activation_input: str
+    activation: list[onnx.NodeProto]
     second: onnx.NodeProto
     output_add: onnx.NodeProto | None
 
@@ -51,10 +54,50 @@ def _single_constant(node: onnx.NodeProto, initializers) -> tuple[str | None, st
     return (constants[0], others[0]) if len(constants) == 1 and len(others) == 1 else (None, None)
 
 
+def _constants(graph: onnx.GraphProto) -> dict[str, int]:
+    """Constant tensors (initializers and Constant node outputs) -> their number of elements."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute:
+            value = helper.get_attribute_value(node.attribute[0])
+            sizes[node.output[0]] = int(np.prod(value.dims)) if isinstance(value, onnx.TensorProto) else 1
+    return sizes
+
+
+def _activation_nodes(output: str, producers: dict, consumers: dict, constants: dict[str, int], position: dict):
+    """(input, nodes in graph order) of the elementwise nodes that compute `output` from one tensor; None if it is not
+    so computed. A node belongs when it is an elementwise op whose constant inputs are scalars: a bias Add (a vector
+    constant) or the GEMM before it is where the activation's input comes from. Nothing outside may read its tensors."""
+    region: dict[str, onnx.NodeProto] = {}
+    pending, sources = [output], set()
+    while pending:
+        name = pending.pop()
+        node = producers.get(name)
+        if (node is None or node.op_type not in ELEMENTWISE_OPS or len(node.output) != 1
+                or any(constants.get(i, 1) > 1 for i in node.input if i in constants)):
+            sources.add(name)
+        elif node.name not in region:
+            region[node.name] = node
+            pending += [i for i in node.input if i and i not in constants]
+    if len(sources) != 1 or not region:
+        return None
+    (source,) = sources
+    inside = set(region)
+    for node in region.values():
+        if node.output[0] != output and any(c.name not in inside for c in consumers.get(node.output[0], [])):
+            return None
+    if any(c.name not in inside for c in consumers.get(source, [])):
+        return None
+    return source, sorted(region.values(), key=lambda n: position[n.name])
+
+
 def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
     """Every GEMM1 -> [bias] -> activation -> GEMM2 chain whose weights and intermediate tensors nothing else uses,
     whose second GEMM is not in `skip` and whose output is not a graph output."""
     initializers = {i.name for i in graph.initializer}
+    vectors = {i.name: tuple(i.dims) for i in graph.initializer}
+    constants = _constants(graph)
+    position = {node.name: i for i, node in enumerate(graph.node)}
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -73,17 +116,19 @@ def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
     for second in graph.node:
         if not constant_weight_matmul(second) or second.name in skip:
             continue
-        activation = producers.get(second.input[0])
-        if (activation is None or activation.op_type not in ELEMENTWISE_ACTIVATIONS or len(activation.input) != 1
-                or not only_use(activation.output[0])):
+        activation = _activation_nodes(second.input[0], producers, consumers, constants, position)
+        if activation is None or not only_use(second.input[0]):
             continue
-        first, bias_add, bias = producers.get(activation.input[0]), None, None
+        activation_input, activation_nodes = activation
+        if activation_input in graph_outputs:
+            continue
+        first, bias_add, bias = producers.get(activation_input), None, None
         if first is not None and first.op_type == "Add":
             bias, other = _single_constant(first, initializers)
-            if bias is None or not only_use(first.output[0]) or not only_use(bias):
+            if bias is None or len(vectors.get(bias, ())) != 1 or not only_use(bias) or not only_use(other):
                 continue
             bias_add, first = first, producers.get(other)
-        if not constant_weight_matmul(first) or not only_use(first.output[0]):
+        if not constant_weight_matmul(first):
             continue
         if second.output[0] in graph_outputs:
             continue
@@ -91,7 +136,7 @@ def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
         # The side path is added after the GEMM's bias Add where it can be (not a graph output: names stay).
         output_add = after[0] if (len(after) == 1 and after[0].op_type == "Add" and _single_constant(
             after[0], initializers)[0] and after[0].output[0] not in graph_outputs) else None
-        found.append(FeedForward(first, bias_add, bias, activation, second, output_add))
+        found.append(FeedForward(first, bias_add, bias, activation_input, activation_nodes, second, output_add))
     return found
 
 
@@ -133,12 +178,17 @@ def _split(graph: onnx.GraphProto, chain: FeedForward, channels: list[int], init
         nodes.append(helper.make_node("Add", [pre_activation, f"{prefix}/bias"], [f"{prefix}/pre_activation"],
                                       name=f"{prefix}/Add_bias"))
         pre_activation = f"{prefix}/pre_activation"
-    activation = helper.make_node(chain.activation.op_type, [pre_activation], [f"{prefix}/activation"],
-                                  name=f"{prefix}/{chain.activation.op_type}", domain=chain.activation.domain)
-    activation.attribute.extend(chain.activation.attribute)
-    nodes += [activation,
-              helper.make_node("MatMul", [f"{prefix}/activation", f"{prefix}/weight_out"], [f"{prefix}/output"],
-                               name=f"{prefix}/MatMul_out")]
+    renamed = {chain.activation_input: pre_activation}
+    for index, node in enumerate(chain.activation):  # the same elementwise nodes on the side path's channels
+        clone = onnx.NodeProto()
+        clone.CopyFrom(node)
+        clone.name = f"{prefix}/{node.op_type}" if len(chain.activation) == 1 else f"{prefix}/{node.op_type}_{index}"
+        for i, name in enumerate(clone.input):
+            clone.input[i] = renamed.get(name, name)
+        renamed[node.output[0]] = clone.output[0] = f"{clone.name}_output"
+        nodes.append(clone)
+    nodes.append(helper.make_node("MatMul", [renamed[chain.second.input[0]], f"{prefix}/weight_out"],
+                                  [f"{prefix}/output"], name=f"{prefix}/MatMul_out"))
     # Added after the GEMM's bias Add, so ONNX Runtime still fuses the INT8 GEMM with its bias.
     tail = (chain.output_add or chain.second).output[0]
     total = f"{prefix}/sum"
@@ -152,7 +202,8 @@ def _split(graph: onnx.GraphProto, chain: FeedForward, channels: list[int], init
     for offset, node in enumerate(nodes):
         graph.node.insert(position + offset, node)
     # The intermediate tensors lost channels: drop their recorded shapes rather than leave wrong ones.
-    resized = {chain.first.output[0], chain.activation.output[0], *(chain.bias_add.output[:1] if chain.bias_add else [])}
+    resized = {chain.first.output[0], *(n.output[0] for n in chain.activation),
+               *(chain.bias_add.output[:1] if chain.bias_add else [])}
     stale = [vi for vi in graph.value_info if vi.name in resized]
     for vi in stale:
         graph.value_info.remove(vi)
