@@ -218,21 +218,27 @@ def test_without_data_the_split_measures_random_words_and_a_plain_bert_keeps_its
     assert plain.quantization_recipe.details["outlier_channels"]["split"] == {}
 
 
-def test_static_splits_where_the_ffn_output_is_quantized(outlier_bert):
-    """Static INT8 keeps `*.output.dense` FP32 by default, so there is nothing to split; quantizing them, the split
-    runs on the plain graph and clones its exported erf GELU."""
+def test_static_default_splits_and_quantizes_the_output_projections(outlier_bert):
+    """On ONNX Runtime the static default splits outlier channels (on the plain graph, cloning its exported erf GELU)
+    and so quantizes `*.output.dense`, keeping only the heads FP32; `outlier_channel_ratio=None` keeps the old block."""
     from optimum.quantization import StaticQuantConfig
 
-    default = QuantModelForSequenceClassification.from_pretrained(
-        outlier_bert, quantize=StaticQuantConfig(outlier_channel_ratio=2.0), calibration_dataset=SENTENCES)
-    assert default.quantization_recipe.details["outlier_channels"]["split"] == {}
-    quantized = QuantModelForSequenceClassification.from_pretrained(
-        outlier_bert, calibration_dataset=SENTENCES,
-        quantize=StaticQuantConfig(outlier_channel_ratio=2.0, keep_default_exclusions=False, exclude=["classifier*"]))
-    record = quantized.quantization_recipe.details["outlier_channels"]
-    assert list(record["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
-    side = [n for n in onnx.load(str(onnx_file(quantized))).graph.node if "/outlier_channels/" in n.name]
+    split = QuantModelForSequenceClassification.from_pretrained(outlier_bert, quantize="static", calibration_dataset=SENTENCES)
+    details = split.quantization_recipe.details
+    assert list(details["outlier_channels"]["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
+    assert details["outlier_channels"]["ratio"] == 2.0  # "auto"
+    assert {"bert.encoder.layer.0.output.dense", "bert.encoder.layer.0.attention.output.dense"} <= set(
+        details["quantized_units"])
+    side = [n for n in onnx.load(str(onnx_file(split))).graph.node if "/outlier_channels/" in n.name]
     assert [n.op_type for n in side].count("Erf") == 1 and not any(n.op_type == "QuantizeLinear" for n in side)
+    reference, inputs = fp32_logits(outlier_bert)
+    assert_close_to_fp32(reference, split(**inputs).logits.numpy())
+
+    unsplit = QuantModelForSequenceClassification.from_pretrained(
+        outlier_bert, quantize=StaticQuantConfig(outlier_channel_ratio=None), calibration_dataset=SENTENCES)
+    details = unsplit.quantization_recipe.details
+    assert details["outlier_channels"] == {"applied": False, "reason": "outlier_channel_ratio=None"}
+    assert not any(unit.endswith("output.dense") for unit in details["quantized_units"])
 
 
 def test_outlier_channels_alone_still_read_calibration_texts():
@@ -247,6 +253,12 @@ def test_bad_outlier_channel_ratio(ratio):
 
 
 def test_outlier_channel_ratio_round_trips():
-    for ratio in (None, 3.0):
-        config = DynamicQuantConfig(outlier_channel_ratio=ratio)
+    from optimum.quantization import StaticQuantConfig
+
+    for config in (DynamicQuantConfig(outlier_channel_ratio=None), DynamicQuantConfig(outlier_channel_ratio=3.0),
+                   StaticQuantConfig(), StaticQuantConfig(outlier_channel_ratio=None)):
         assert config_from_dict(config.to_dict()) == config
+    assert StaticQuantConfig().resolved_outlier_channel_ratio(2.0) == 2.0
+    assert StaticQuantConfig(outlier_channel_ratio=None).resolved_outlier_channel_ratio(2.0) is None
+    with pytest.raises(ConfigError, match="outlier_channel_ratio"):
+        StaticQuantConfig(outlier_channel_ratio=1.0)

@@ -107,7 +107,7 @@ def check_static(config: StaticQuantConfig) -> None:
         raise ConfigError("NNCF has no entropy (KL) calibration: use calibration='minmax' or 'percentile' with backend='openvino'.")
     if config.weight_type != "int8":
         raise ConfigError("NNCF stores signed 8-bit weights: leave weight_type='int8' with backend='openvino'.")
-    if config.outlier_channel_ratio is not None:
+    if config.outlier_channel_ratio not in ("auto", None):
         raise ConfigError("`outlier_channel_ratio` rewrites ONNX Runtime graphs: leave it None with backend='openvino'.")
     if config.calibration.method == "percentile" and config.calibration.percentile != 99.99:
         raise ConfigError(

@@ -30,6 +30,7 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info, resolve_reduce_range
+from ..presets import DEFAULT_EXCLUDE
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_pair_safe import make_pair_safe
@@ -87,6 +88,11 @@ STATIC_SMOOTHING_ALPHA = 0.7
 # range per input cost the most fidelity of anything static quantizes (Zen 4, fine-tuned MiniLM: SQuAD answers equal
 # to FP32 85.9 -> 90.3%, SST-2 dev -0.69 -> +0.34), and they are a small share of the GEMM work (same speed).
 QUANTIZE_ACTIVATION_MATMULS = False
+# What StaticQuantConfig(outlier_channel_ratio="auto") means here: split the FFN output GEMMs' outlier channels into
+# FP32 side paths and quantize the output projections that the static default block kept FP32. Fine-tuned MiniLM on
+# Zen 5 (VNNI), usual draw: SQuAD F1 -0.23 vs -0.28, SST-2 agreement 99.32 vs 99.30%; BERT-base 1 x 128 static INT8
+# 28.7 vs 42.2 ms (benchmarks/RESULTS.md, "Outlier channels").
+STATIC_OUTLIER_CHANNEL_RATIO = 2.0
 # IO binding for causal LMs on CPU (KV buffers allocated once per generate()) stays opt-in: on a quiet machine
 # (benchmarks/results/generation_speed.md, GPT-2 small shape, prompt 32, 64 new tokens, fresh processes) it was
 # no faster: w8 28.3 vs 27.1 ms/token without it at batch 1, 36.4 vs 36.0 at batch 4; FP32 34.7 vs 34.0.
@@ -135,9 +141,10 @@ def module_name_of(node_name: str) -> str:
     return ".".join(parts[:-1]) if len(parts) > 1 else node_name
 
 
-def excluded_nodes(model: onnx.ModelProto, config, op_types) -> tuple[list[str], list[str]]:
-    """Nodes of the quantizable op types whose name or module name matches an exclusion pattern."""
-    patterns = config.exclusion_patterns()
+def excluded_nodes(model: onnx.ModelProto, config, op_types, defaults=None) -> tuple[list[str], list[str]]:
+    """Nodes of the quantizable op types whose name or module name matches an exclusion pattern (`defaults`: the
+    default block to use instead of the config's own)."""
+    patterns = config.exclusion_patterns(defaults)
     excluded, used = [], set()
     for node in model.graph.node:
         if node.op_type not in op_types:
@@ -414,7 +421,9 @@ class OnnxRuntimeBackend(Backend):
         # Static Q/DQ runs on the plain graph: ORT fuses Q/DQ pairs itself at session load, and quantizing
         # its transformer-fused graph breaks bias quantization of the pooler/classifier Gemms.
         op_types = config.op_types or STATIC_OP_TYPES
-        nodes_to_exclude, unused = excluded_nodes(model, config, op_types)
+        ratio = config.resolved_outlier_channel_ratio(STATIC_OUTLIER_CHANNEL_RATIO)
+        # With their outlier channels split off, the output projections quantize as well as the rest: heads only.
+        nodes_to_exclude, unused = excluded_nodes(model, config, op_types, None if ratio is None else DEFAULT_EXCLUDE)
         quantize_matmuls = config.quantize_activation_matmuls(QUANTIZE_ACTIVATION_MATMULS)
         kept_matmuls = [] if quantize_matmuls else [
             name for name in activation_matmuls(model) if name not in nodes_to_exclude
@@ -428,9 +437,9 @@ class OnnxRuntimeBackend(Backend):
             smoothing = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
             src = smoothed_path
         outlier_channels = {"applied": False, "reason": "outlier_channel_ratio=None"}
-        if config.outlier_channel_ratio is not None:
+        if ratio is not None:
             split_path = work_dir / "outlier_channels.onnx"
-            outlier_channels = split_file(src, split_path, feeds, config.outlier_channel_ratio, set(nodes_to_exclude))
+            outlier_channels = split_file(src, split_path, feeds, ratio, set(nodes_to_exclude))
             nodes_to_exclude += outlier_channels.pop("side_path_nodes")
             outlier_channels = {"applied": bool(outlier_channels["split"]), **outlier_channels}
             src = split_path

@@ -1,6 +1,6 @@
-"""Outlier channels of the FFN's second GEMM kept in FP32 before dynamic INT8, on ONNX Runtime graphs.
+"""Outlier channels of the FFN's second GEMM kept in FP32 before INT8, on ONNX Runtime graphs.
 
-Dynamic INT8 gives each activation tensor one scale per batch. In the first layers of fine-tuned MiniLM the GELU
+Dynamic INT8 gives each activation tensor one scale per batch (static INT8 one scale, from calibration). In the first layers of fine-tuned MiniLM the GELU
 output that feeds the FFN's second GEMM has one or two channels whose value on the [CLS] token is 3-4x the largest
 value anywhere else (24 against 6 in layer 0), so that scale leaves every other value a quarter of its levels; on
 SQuAD those GEMMs cause most of the INT8 error (benchmarks/RESULTS.md). SmoothQuant cannot move such a channel into
