@@ -90,8 +90,8 @@ STATIC_SMOOTHING_ALPHA = 0.7
 QUANTIZE_ACTIVATION_MATMULS = False
 # What StaticQuantConfig(outlier_channel_ratio="auto") means here: split the FFN output GEMMs' outlier channels into
 # FP32 side paths and quantize the output projections that the static default block kept FP32. Fine-tuned MiniLM on
-# Zen 5 (VNNI), usual draw: SQuAD F1 -0.23 vs -0.28, SST-2 agreement 99.32 vs 99.30%; BERT-base 1 x 128 static INT8
-# 28.7 vs 42.2 ms (benchmarks/RESULTS.md, "Outlier channels").
+# Zen 5 with VNNI: SQuAD F1 over 4 draws +0.03 vs -0.35, SST-2 agreement 99.32 vs 99.30%; BERT-base 1 x 128 static
+# INT8 28.19 vs 41.60 ms (benchmarks/RESULTS.md, "Outlier channels").
 STATIC_OUTLIER_CHANNEL_RATIO = 2.0
 # IO binding for causal LMs on CPU (KV buffers allocated once per generate()) stays opt-in: on a quiet machine
 # (benchmarks/results/generation_speed.md, GPT-2 small shape, prompt 32, 64 new tokens, fresh processes) it was
