@@ -69,7 +69,8 @@ def sensitivity(base: DynamicQuantConfig, limit: int, draw: int) -> dict:
     calibration = str(accuracy.squad_calibration_file(draw))
 
     def build(config):
-        return QuantModelForQuestionAnswering.from_pretrained(model_path, quantize=config, calibration_dataset=calibration)
+        return QuantModelForQuestionAnswering.from_pretrained(
+            model_path, quantize=config, calibration_dataset=calibration)
 
     reference = start_end_logits(QuantModelForQuestionAnswering.from_pretrained(model_path, quantize=None), features)
     default = build(base)
@@ -102,7 +103,9 @@ def main() -> int:
     parser.add_argument("--calibration-draw", type=int, default=0)
     parser.add_argument("--name", required=True)
     args = parser.parse_args()
-    base = config_from_dict(json.loads(Path(args.base).read_text(encoding="utf-8"))) if args.base else DynamicQuantConfig()
+    base = DynamicQuantConfig()
+    if args.base:
+        base = config_from_dict(json.loads(Path(args.base).read_text(encoding="utf-8")))
     result = sensitivity(base, args.limit, args.calibration_draw)
     write_reports(result, RESULTS, args.name, markdown=markdown(result))
     print(markdown(result))

@@ -5,8 +5,8 @@
 `bert_base_speed.py` measures each variant in fresh processes, which is what a user's service sees, but on a
 shared VM two such runs disagreed by 15% on which of two variants was faster. Here every variant is built once
 (BERT-base shape, random init, or with `--model` a fine-tuned MiniLM: random weights have no outlier channels, so
-what the dynamic default does about them costs time only on a trained model), loaded into this process, warmed up, and then called in alternating order
-(`round_robin_ms`), so a change of load on the machine hits every variant alike. Each variant is called with the
+what the defaults do about them costs time only on a trained model), loaded into this process, warmed up, and then
+called in alternating order (`round_robin_ms`), so a change of load on the machine hits every variant alike. Each variant is called with the
 same inputs, after an untimed pause (`--pause`): ONNX Runtime's worker threads spin after a call, and on 2 cores
 they would slow whichever variant runs next. The report gives p50/p90 per variant and each p50 ratio to the first variant.
 Writes benchmarks/results/NAME.{json,md}.

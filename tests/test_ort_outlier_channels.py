@@ -1,5 +1,5 @@
-"""Outlier channels of the FFN's second GEMM split into an FP32 side path before dynamic INT8: same FP32 function,
-less INT8 error when one channel sets the activation scale."""
+"""Outlier channels of the FFN's second GEMM split into an FP32 side path before dynamic or static INT8: same FP32
+function, less INT8 error when one channel sets the activation scale."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 import transformers
 from conftest import SENTENCES
 from onnx import TensorProto, helper, numpy_helper
-from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_file
 from test_ort_smoothing import run
 
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
@@ -31,8 +31,8 @@ HIDDEN, INNER, TOKENS, OUTLIER = 32, 128, 16, 5
 
 
 def feed_forward(outlier_gain: float, second_consumer: bool = False, erf_gelu: bool = False) -> onnx.ModelProto:
-    """x -> MatMul -> bias Add -> Gelu -> MatMul -> bias Add -> Relu -> z, where inner channel OUTLIER is `outlier_gain` times
-    larger than the others on token 0 only (BERT's [CLS] channel)."""
+    """x -> MatMul -> bias Add -> Gelu -> MatMul -> bias Add -> Relu -> z, where inner channel OUTLIER is
+    `outlier_gain` times larger than the others on token 0 only (BERT's [CLS] channel)."""
     rng = np.random.default_rng(0)
     w_in = rng.normal(0, 0.2, (HIDDEN, INNER)).astype(np.float32)
     w_in[:, OUTLIER] = 0.0
@@ -97,7 +97,8 @@ def test_split_keeps_the_fp32_function_and_cuts_int8_error(tmp_path):
     record = split_outlier_channels(split, feeds(8, 1), ratio=2.0, skip=set())
     assert list(record["split"]) == ["/ffn/output/MatMul"]
     assert record["split"]["/ffn/output/MatMul"]["channels"] == [OUTLIER]
-    assert record["split"]["/ffn/output/MatMul"]["channel_max"][0] > 4 * record["split"]["/ffn/output/MatMul"]["largest_left"]
+    split_gemm = record["split"]["/ffn/output/MatMul"]
+    assert split_gemm["channel_max"][0] > 4 * split_gemm["largest_left"]
     weights = {i.name: numpy_helper.to_array(i) for i in split.graph.initializer}
     assert weights["w_in"].shape == (HIDDEN, INNER - 1) and weights["b_in"].shape == (INNER - 1,)
     assert weights["w_out"].shape == (INNER - 1, HIDDEN)
@@ -213,7 +214,8 @@ def test_the_split_cuts_the_int8_error_of_the_gemm_it_is_for(outlier_bert, confi
 def test_without_data_the_split_measures_random_words_and_a_plain_bert_keeps_its_channels(tiny_dir, outlier_bert):
     data_free = QuantModelForSequenceClassification.from_pretrained(outlier_bert, quantize="dynamic")
     record = data_free.quantization_recipe.details["outlier_channels"]
-    assert record["statistics"] == "random-words" and list(record["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
+    assert record["statistics"] == "random-words"
+    assert list(record["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
     plain = QuantModelForSequenceClassification.from_pretrained(tiny_dir("text-classification"), quantize="dynamic")
     assert plain.quantization_recipe.details["outlier_channels"]["split"] == {}
 
@@ -223,7 +225,8 @@ def test_static_default_splits_and_quantizes_the_output_projections(outlier_bert
     and so quantizes `*.output.dense`, keeping only the heads FP32; `outlier_channel_ratio=None` keeps the old block."""
     from optimum.quantization import StaticQuantConfig
 
-    split = QuantModelForSequenceClassification.from_pretrained(outlier_bert, quantize="static", calibration_dataset=SENTENCES)
+    split = QuantModelForSequenceClassification.from_pretrained(
+        outlier_bert, quantize="static", calibration_dataset=SENTENCES)
     details = split.quantization_recipe.details
     assert list(details["outlier_channels"]["split"]) == ["/bert/encoder/layer.0/output/dense/MatMul"]
     assert details["outlier_channels"]["ratio"] == 2.0  # "auto"

@@ -1,10 +1,10 @@
 """Outlier channels of the FFN's second GEMM kept in FP32 before INT8, on ONNX Runtime graphs.
 
-Dynamic INT8 gives each activation tensor one scale per batch (static INT8 one scale, from calibration). In the first layers of fine-tuned MiniLM the GELU
-output that feeds the FFN's second GEMM has one or two channels whose value on the [CLS] token is 3-4x the largest
-value anywhere else (24 against 6 in layer 0), so that scale leaves every other value a quarter of its levels; on
-SQuAD those GEMMs cause most of the INT8 error (benchmarks/RESULTS.md). SmoothQuant cannot move such a channel into
-the weight, because GELU sits between the two GEMMs.
+Dynamic INT8 gives each activation tensor one scale per batch (static INT8 one scale, from calibration). In the first
+layers of fine-tuned MiniLM the GELU output that feeds the FFN's second GEMM has one or two channels whose value on the
+[CLS] token is 2-4x the largest value anywhere else (24 against 6 in layer 0), so that scale leaves every other value a
+quarter of its levels; on SQuAD those GEMMs caused most of dynamic INT8's error (benchmarks/RESULTS.md). SmoothQuant
+cannot move such a channel into the weight, because GELU sits between the two GEMMs.
 
 Channel j of `GEMM2(act(GEMM1(x) + b))` depends only on column j of W1, b_j and row j of W2. So each outlier channel
 is taken out of the INT8 path (W1 and b lose the column, W2 the row) and computed by a small FP32 side path,
