@@ -34,8 +34,8 @@ from ..presets import DEFAULT_EXCLUDE
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
 from .ort_pair_safe import make_pair_safe
-from .ort_outlier_channels import split_file
-from .ort_smoothing import smooth_file
+from .ort_outlier_channels import split_outlier_channels
+from .ort_smoothing import smooth_graph
 from .ort_calibration import ORT_METHODS, ListDataReader, calibrate
 from .generate_threads import RuntimeGenerateThreadsMixin
 from .ort_kv_buffers import PreallocatedKVBindingMixin
@@ -185,6 +185,26 @@ def onnxruntime_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def smooth_and_split(
+    src: Path, work_dir: Path, feeds: list[dict], skip: set[str], alpha: float | None, statistic: str = "max",
+    ratio: float | None = None,
+) -> tuple[Path, dict, list[str]]:
+    """Smoothing, then the outlier-channel split, on one in-memory copy of `src` (each step runs when its setting is
+    not None), written once. Returns the rewritten graph, each step's record by name and the FP32 side-path nodes."""
+    model = onnx.load(str(src))
+    records, side_path_nodes = {}, []
+    if alpha is not None:
+        smoothing = smooth_graph(model, feeds, alpha, skip, statistic)
+        records["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
+    if ratio is not None:
+        split = split_outlier_channels(model, feeds, ratio, skip)
+        side_path_nodes = split.pop("side_path_nodes")
+        records["outlier_channels"] = {"applied": bool(split["split"]), **split}
+    rewritten = work_dir / "rewritten.onnx"
+    onnx.save(model, str(rewritten))
+    return rewritten, records, side_path_nodes
 
 
 def fuse_graph(onnx_path: Path, output_path: Path, model_config, fuse_norms: bool = True) -> dict[str, int] | None:
@@ -348,19 +368,11 @@ class OnnxRuntimeBackend(Backend):
             return src, []
         feeds = tokenize_examples(examples, request.tokenizer, sequence_length=smoothing_length(model_config),
                                   input_names=[i.name for i in graph.graph.input], pad=False)
-        if alpha is not None:
-            smoothed_path = work_dir / "smoothed.onnx"
-            statistic = config.resolved_smoothing_statistic(default_statistic)
-            smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude), statistic)
-            details["smoothing"] = {"applied": bool(smoothing["smoothed_nodes"]), "statistics": source, **smoothing}
-            src = smoothed_path
-        side_path_nodes: list[str] = []
-        if ratio is not None:
-            split_path = work_dir / "outlier_channels.onnx"
-            split = split_file(src, split_path, feeds, ratio, set(nodes_to_exclude))
-            side_path_nodes = split.pop("side_path_nodes")
-            details["outlier_channels"] = {"applied": bool(split["split"]), "statistics": source, **split}
-            src = split_path
+        src, records, side_path_nodes = smooth_and_split(
+            src, work_dir, feeds, set(nodes_to_exclude), alpha, config.resolved_smoothing_statistic(default_statistic),
+            ratio)
+        details.update({step: {"applied": record["applied"], "statistics": source, **record}
+                        for step, record in records.items()})
         return src, side_path_nodes
 
     def _quantize_dynamic(
@@ -430,19 +442,13 @@ class OnnxRuntimeBackend(Backend):
         ]
         nodes_to_exclude += kept_matmuls
         alpha = config.smoothing(STATIC_SMOOTHING_ALPHA)
-        smoothing = {"applied": False, "reason": "smoothing_alpha=None"}
-        if alpha is not None:
-            smoothed_path = work_dir / "smoothed.onnx"
-            smoothing = smooth_file(src, smoothed_path, feeds, alpha, set(nodes_to_exclude))
-            smoothing = {"applied": bool(smoothing["smoothed_nodes"]), **smoothing}
-            src = smoothed_path
-        outlier_channels = {"applied": False, "reason": "outlier_channel_ratio=None"}
-        if ratio is not None:
-            split_path = work_dir / "outlier_channels.onnx"
-            outlier_channels = split_file(src, split_path, feeds, ratio, set(nodes_to_exclude))
-            nodes_to_exclude += outlier_channels.pop("side_path_nodes")
-            outlier_channels = {"applied": bool(outlier_channels["split"]), **outlier_channels}
-            src = split_path
+        records = {"smoothing": {"applied": False, "reason": "smoothing_alpha=None"},
+                   "outlier_channels": {"applied": False, "reason": "outlier_channel_ratio=None"}}
+        if alpha is not None or ratio is not None:
+            src, rewrites, side_path_nodes = smooth_and_split(src, work_dir, feeds, set(nodes_to_exclude), alpha,
+                                                              ratio=ratio)
+            records.update(rewrites)
+            nodes_to_exclude += side_path_nodes
         ranges, unbounded = calibrate(src, feeds, config.calibration, op_types, work_dir)
         # Nodes touching a mask tensor stay FP32: any scale for them would be meaningless.
         nodes_to_exclude += [
@@ -480,8 +486,7 @@ class OnnxRuntimeBackend(Backend):
             "op_types": op_types,
             "reduce_range": reduce_range,
             "symmetric_activations": symmetric,
-            "smoothing": smoothing,
-            "outlier_channels": outlier_channels,
+            **records,
             "activation_matmuls": {"quantized": quantize_matmuls, "kept_float": kept_matmuls},
             **({} if config.fuse_layer_norm else {"unfused_at_load": list(UNFUSED_AT_LOAD)}),
             "quantized_units": quantized_units(model, op_types, nodes_to_exclude),

@@ -17,7 +17,6 @@ maxima; at most `MAX_CHANNELS` per GEMM, so the side path stays a sliver of the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -36,10 +35,10 @@ REFERENCE_PERCENTILE = 99.0
 @dataclass
 class FeedForward:
     """GEMM1 -> [bias Add] -> activation -> GEMM2 (-> its bias Add, when there is one). The activation is one or more
-    elementwise nodes (graph order) from `activation_input` to GEMM2's input, their other inputs scalar constants."""
+    elementwise nodes (graph order) from `activation_input` (the bias Add's output, else GEMM1's) to GEMM2's input,
+    their other inputs scalar constants."""
 
     first: onnx.NodeProto
-    bias_add: onnx.NodeProto | None
     bias: str | None
     activation_input: str
     activation: list[onnx.NodeProto]
@@ -94,8 +93,7 @@ def _activation_nodes(output: str, producers: dict, consumers: dict, constants: 
 def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
     """Every GEMM1 -> [bias] -> activation -> GEMM2 chain whose weights and intermediate tensors nothing else uses,
     whose second GEMM is not in `skip` and whose output is not a graph output."""
-    initializers = {i.name for i in graph.initializer}
-    vectors = {i.name: tuple(i.dims) for i in graph.initializer}
+    initializers = {i.name: tuple(i.dims) for i in graph.initializer}
     constants = _constants(graph)
     position = {node.name: i for i, node in enumerate(graph.node)}
     producers = {out: node for node in graph.node for out in node.output}
@@ -122,12 +120,12 @@ def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
         activation_input, activation_nodes = activation
         if activation_input in graph_outputs:
             continue
-        first, bias_add, bias = producers.get(activation_input), None, None
+        first, bias = producers.get(activation_input), None
         if first is not None and first.op_type == "Add":
             bias, other = _single_constant(first, initializers)
-            if bias is None or len(vectors.get(bias, ())) != 1 or not only_use(bias) or not only_use(other):
+            if bias is None or len(initializers[bias]) != 1 or not only_use(bias) or not only_use(other):
                 continue
-            bias_add, first = first, producers.get(other)
+            first = producers.get(other)
         if not constant_weight_matmul(first):
             continue
         if second.output[0] in graph_outputs:
@@ -136,7 +134,7 @@ def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
         # The side path is added after the GEMM's bias Add where it can be (not a graph output: names stay).
         output_add = after[0] if (len(after) == 1 and after[0].op_type == "Add" and _single_constant(
             after[0], initializers)[0] and after[0].output[0] not in graph_outputs) else None
-        found.append(FeedForward(first, bias_add, bias, activation_input, activation_nodes, second, output_add))
+        found.append(FeedForward(first, bias, activation_input, activation_nodes, second, output_add))
     return found
 
 
@@ -202,8 +200,7 @@ def _split(graph: onnx.GraphProto, chain: FeedForward, channels: list[int], init
     for offset, node in enumerate(nodes):
         graph.node.insert(position + offset, node)
     # The intermediate tensors lost channels: drop their recorded shapes rather than leave wrong ones.
-    resized = {chain.first.output[0], *(n.output[0] for n in chain.activation),
-               *(chain.bias_add.output[:1] if chain.bias_add else [])}
+    resized = {chain.first.output[0], chain.activation_input, *(n.output[0] for n in chain.activation)}
     stale = [vi for vi in graph.value_info if vi.name in resized]
     for vi in stale:
         graph.value_info.remove(vi)
@@ -236,9 +233,3 @@ def split_outlier_channels(model: onnx.ModelProto, feeds: list[dict], ratio: flo
         }
     return record
 
-
-def split_file(src: Path, dst: Path, feeds: list[dict], ratio: float, skip: set[str]) -> dict:
-    model = onnx.load(str(src))
-    record = split_outlier_channels(model, feeds, ratio, skip)
-    onnx.save(model, str(dst))
-    return record

@@ -12,7 +12,6 @@ Dynamic INT8 smooths ONNX Runtime's fused graph; static INT8 the plain graph, wh
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -108,11 +107,3 @@ def smooth_graph(
             "calibration_samples": len(feeds),
             "largest_scale_ratio": round(max(ratios), 2)}
 
-
-def smooth_file(
-    src: Path, dst: Path, feeds: list[dict], alpha: float, skip: set[str], statistic: str = "max"
-) -> dict:
-    model = onnx.load(str(src))
-    details = smooth_graph(model, feeds, alpha, skip, statistic)
-    onnx.save(model, str(dst))
-    return details
