@@ -23,7 +23,7 @@ import finetune
 import numpy as np
 
 from optimum.quantization.evaluation.metrics import classification_logits
-from optimum.quantization.hardware import cpu_info, cpu_label
+from optimum.quantization.hardware import cpu_info, cpu_summary
 from optimum.quantization.recipe import library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,7 +104,7 @@ def main(names: list[str], stem: str) -> int:
             f"{v['margin_error_p50']} | {v['margin_error_p99']} |" for v in result["variants"]]
     cpu = result["machine"]
     (RESULTS / f"{stem}.md").write_text("\n".join([
-        f"Machine: {cpu_label(cpu)}, ISA {', '.join(cpu['isa'])}. {len(texts)} unseen SST-2 train sentences; "
+        f"Machine: {cpu_summary(cpu)}. {len(texts)} unseen SST-2 train sentences; "
         f"FP32 logit margin quantiles {result['fp32_margin_quantiles']}.", "",
         "| variant | agreement | flipped | largest FP32 margin flipped | margin error p50 | p99 |",
         "|---|---|---|---|---|---|", *rows]) + "\n", encoding="utf-8")

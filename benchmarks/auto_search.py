@@ -37,7 +37,7 @@ import numpy as np
 from optimum.quantization import AutoQuantConfig, QuantModelForQuestionAnswering, QuantModelForSequenceClassification
 from optimum.quantization.evaluation import metrics
 from optimum.quantization.evaluation.benchmark import BenchmarkConfig, alternating_rounds, synthetic_inputs, time_calls
-from optimum.quantization.hardware import cpu_info, cpu_label
+from optimum.quantization.hardware import cpu_info, cpu_summary
 from optimum.quantization.recipe import library_versions
 from optimum.quantization.search_report import search_report_markdown
 
@@ -317,7 +317,7 @@ def nncf_markdown(record: dict) -> str:
 
 def markdown(result: dict) -> str:
     cpu = result["cpu"]
-    lines = [f"Machine: {cpu_label(cpu)} ({', '.join(cpu['isa'])}; VNNI: {cpu['has_vnni']}), {cpu['cores']} cores.", ""]
+    lines = [f"Machine: {cpu_summary(cpu)}.", ""]
     if "rows" in result:
         searched = f" ({result['search_seconds']} s)" if "search_seconds" in result else ""
         lines += [f"Task: {result['task']}, metric {result['metric']}, tolerance {result['tolerance']} points. "

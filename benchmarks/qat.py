@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import finetune
-from optimum.quantization.hardware import cpu_info, cpu_label
+from optimum.quantization.hardware import cpu_info, cpu_summary
 from optimum.quantization.recipe import library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -188,7 +188,7 @@ def latency(args) -> dict:
 
 def markdown(result: dict) -> str:
     cpu = result["machine"]
-    lines = [f"Machine: {cpu_label(cpu)}, ISA {', '.join(cpu['isa'])}, {cpu['cores']} cores. {result.get('note', '')}", ""]
+    lines = [f"Machine: {cpu_summary(cpu)}. {result.get('note', '')}", ""]
     if "variants" in result:
         lines += [f"Data: {result['data']}.", "", "| variant | EM | F1 | Δ EM | Δ F1 |", "|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | {r['exact_match']} | {r['f1']} | {r['delta_exact_match']:+.2f} | {r['delta_f1']:+.2f} |"

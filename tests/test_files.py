@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optimum.quantization.files import atomic_output_dir
-from optimum.quantization.hardware import CpuInfo, cpu_info, cpu_label, parse_cpuinfo
+from optimum.quantization.hardware import CpuInfo, cpu_info, cpu_label, cpu_summary, parse_cpuinfo
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -159,3 +159,14 @@ def test_machine_line_names_the_signature():
     cpu = parse_cpuinfo(ZEN5_CPUINFO.splitlines(), default_model="x86_64", cores=2).to_dict()
     line = machine_line({"machine": {"cpu": cpu, "threads": 2}, "versions": {}})
     assert line.startswith("Machine: AMD EPYC (AuthenticAMD family 26 model 2), ISA avx2")
+
+
+def test_cpu_summary_is_the_one_cpu_phrase_of_every_report():
+    """Reports, the CLI and the benchmark scripts all name the CPU through cpu_summary; older results lack fields."""
+    info = parse_cpuinfo(ZEN5_CPUINFO.splitlines(), default_model="x86_64", cores=2)
+    assert cpu_summary(info.to_dict()) == (
+        "AMD EPYC (AuthenticAMD family 26 model 2), ISA avx2, fma, avx512f, avx512bw, avx512_vnni, avx_vnni, "
+        "avx512_bf16 (VNNI: True), 2 cores"
+    )
+    assert cpu_summary({"model": "Xeon", "isa": []}) == "Xeon, ISA unknown"
+    assert cpu_summary({"isa": "avx2"}) == "unknown CPU, ISA avx2"

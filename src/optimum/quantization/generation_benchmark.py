@@ -22,7 +22,7 @@ from typing import Sequence
 
 from .configuration import WeightOnlyQuantConfig
 from .errors import ConfigError, QuantizationError
-from .hardware import cpu_label
+from .hardware import cpu_summary
 from .evaluation.benchmark import memory_snapshot, peak_rss_bytes, set_threads
 from .evaluation.generation import (
     fixed_length_kwargs,
@@ -310,7 +310,7 @@ def generation_benchmark_markdown(result: dict) -> str:
         "",
         f"Prompt {config['prompt_length']} tokens, {config['new_tokens']} new tokens (greedy, fixed length), "
         f"{config['rounds']} round(s) in fresh processes; threads {config['threads']}; baseline {result['baseline']}. "
-        f"CPU: {cpu_label(cpu) if 'model' in cpu else '?'} ({', '.join(cpu.get('isa', [])) if isinstance(cpu.get('isa'), list) else cpu.get('isa', '')}).",
+        f"CPU: {cpu_summary(cpu)}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -49,6 +49,18 @@ def cpu_label(cpu: dict) -> str:
     return f"{cpu['model']} ({cpu['signature']})" if cpu.get("signature") else cpu["model"]
 
 
+def cpu_summary(cpu: dict) -> str:
+    """A result's CPU in one phrase for reports: label, ISA flags, VNNI and cores, each where recorded."""
+    isa = cpu.get("isa")
+    parts = [cpu_label(cpu) if "model" in cpu else "unknown CPU",
+             "ISA " + ((", ".join(isa) if isinstance(isa, list) else isa) or "unknown")]
+    if "has_vnni" in cpu:
+        parts[-1] += f" (VNNI: {cpu['has_vnni']})"
+    if "cores" in cpu:
+        parts.append(f"{cpu['cores']} cores")
+    return ", ".join(parts)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
     import os

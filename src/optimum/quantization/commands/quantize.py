@@ -16,7 +16,7 @@ from ..configuration import (
     resolve_quant_config,
 )
 from ..errors import QuantizationError
-from ..hardware import cpu_info, cpu_label
+from ..hardware import cpu_info, cpu_summary
 from ..samples import default_model_dir, demo_sentences
 from ..tasks import TASKS, normalize_task
 
@@ -68,7 +68,7 @@ def print_report(report: dict) -> None:
     size_ratio = int8["size_bytes"] / fp32["size_bytes"] if fp32["size_bytes"] else float("nan")
     agreement = report["agreement"]
     cpu = report["cpu"]
-    print(f"\nCPU: {cpu_label(cpu)} ({', '.join(cpu['isa']) or 'no SIMD flags read'}; VNNI: {cpu['has_vnni']})")
+    print(f"\nCPU: {cpu_summary(cpu)}")
     print(f"Model: {report['model']}  task: {report['task']}  backend: {report['backend']}  method: {report['method']}")
     print(f"{'':24}{'FP32':>12}{'INT8':>12}{'INT8/FP32':>12}")
     print(f"{'latency p50 (ms, bs=1)':24}{fp32['latency_ms']['p50']:12.2f}{int8['latency_ms']['p50']:12.2f}"

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..hardware import cpu_label
+from ..hardware import cpu_label, cpu_summary
 
 
 def _fmt(value, spec: str = ".2f", missing: str = "–") -> str:
@@ -24,8 +24,7 @@ def machine_line(result: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in sorted(result.get("versions", {}).items()))
     masked = f" ISA masked: {machine['isa_masked']}." if machine.get("isa_masked") else ""
     return (
-        f"Machine: {cpu_label(cpu)}, ISA {', '.join(cpu['isa']) or 'unknown'} (VNNI: {cpu['has_vnni']}), "
-        f"{cpu['cores']} cores, threads: {machine.get('threads') or 'runtime default'}; {versions}.{masked}"
+        f"Machine: {cpu_summary(cpu)}, threads: {machine.get('threads') or 'runtime default'}; {versions}.{masked}"
     )
 
 
