@@ -134,3 +134,24 @@ def minilm_dir():
         return default_model_dir()
     except ModelNotFoundError as err:
         pytest.skip(f"real-model check skipped: {err}")
+
+
+# The channel `outlier_bert` makes an outlier (of the tiny BERT's 128 FFN channels).
+OUTLIER_CHANNEL = 5
+
+
+@pytest.fixture(scope="session")
+def outlier_bert(tiny_dir, tmp_path_factory):
+    """The tiny random BERT with one GELU channel of its first layer 20 above the rest, on every token."""
+    import shutil
+
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("outlier-bert")
+    shutil.copytree(tiny_dir("text-classification"), folder, dirs_exist_ok=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.bias[OUTLIER_CHANNEL] += 20.0
+    model.save_pretrained(folder)
+    return folder

@@ -495,7 +495,6 @@ def test_loads_an_openvino_ir_folder_written_by_another_tool(tiny_dir, tmp_path)
         (QuantModelForSequenceClassification, {"quantize": "dynamic"}, "no dynamic INT8"),
         (QuantModelForSequenceClassification, {"quantize": StaticQuantConfig(calibration="entropy"), "calibration_dataset": SENTENCES}, "entropy"),
         (QuantModelForSequenceClassification, {"quantize": StaticQuantConfig(format="qoperator"), "calibration_dataset": SENTENCES}, "qdq"),
-        (QuantModelForSequenceClassification, {"quantize": StaticQuantConfig(outlier_channel_ratio=2.0), "calibration_dataset": SENTENCES}, "outlier_channel_ratio"),
         (QuantModelForCausalLM, {"quantize": WeightOnlyQuantConfig(bits=4, accuracy_level=0)}, "accuracy_level"),
     ],
 )

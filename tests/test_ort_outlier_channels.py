@@ -3,14 +3,12 @@ function, less INT8 error when one channel sets the activation scale."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
-import transformers
+from conftest import OUTLIER_CHANNEL as OUTLIER
 from conftest import SENTENCES
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -18,16 +16,12 @@ from test_onnxruntime_backend import assert_close_to_fp32, fp32_logits, onnx_fil
 from test_ort_smoothing import run
 
 from optimum.quantization import DynamicQuantConfig, QuantModelForSequenceClassification
-from optimum.quantization.backends.ort_outlier_channels import (
-    MAX_CHANNELS,
-    feed_forwards,
-    outlier_channels,
-    split_outlier_channels,
-)
+from optimum.quantization.backends.ort_outlier_channels import feed_forwards, split_outlier_channels
+from optimum.quantization.backends.outlier_channels import MAX_CHANNELS, outlier_channels
 from optimum.quantization.configuration import config_from_dict
 from optimum.quantization.errors import ConfigError
 
-HIDDEN, INNER, TOKENS, OUTLIER = 32, 128, 16, 5
+HIDDEN, INNER, TOKENS = 32, 128, 16
 
 
 def feed_forward(outlier_gain: float, second_consumer: bool = False, erf_gelu: bool = False) -> onnx.ModelProto:
@@ -151,18 +145,6 @@ def test_outlier_channels_are_far_past_the_99th_percentile_largest_first_and_cap
     assert len(chosen) == MAX_CHANNELS and chosen[0] == 100 + 2 * MAX_CHANNELS - 1
     # More than 1% of the channels large: the percentile is large too, and none stands out.
     assert outlier_channels(wide[:1000], ratio=2.0) == []
-
-
-@pytest.fixture(scope="module")
-def outlier_bert(tiny_dir, tmp_path_factory):
-    """The tiny random BERT with one GELU channel of its first layer 20 above the rest, on every token."""
-    folder = tmp_path_factory.mktemp("outlier-bert")
-    shutil.copytree(tiny_dir("text-classification"), folder, dirs_exist_ok=True)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
-    with torch.no_grad():
-        model.bert.encoder.layer[0].intermediate.dense.bias[OUTLIER] += 20.0
-    model.save_pretrained(folder)
-    return folder
 
 
 def test_dynamic_default_splits_an_outlier_channel_of_a_bert_and_records_it(outlier_bert):

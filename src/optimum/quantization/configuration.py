@@ -195,7 +195,7 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     `outlier_channel_ratio` (ONNX Runtime, fused encoder graphs): the few input channels of the FFN's second GEMM whose
     largest value on the same texts smoothing measures is more than this many times the tensor's 99th-percentile
     channel maximum are computed by a small FP32 side path, so the INT8 GEMM's one activation scale fits the rest
-    (`backends/ort_outlier_channels.py`). On fine-tuned MiniLM those are one [CLS] channel in each of the first four
+    (`backends/outlier_channels.py`). On fine-tuned MiniLM those are one [CLS] channel in each of the first four
     layers (two in the third), 2-4x past the rest. SQuAD F1 averaged over 4 draws of calibration texts went from -0.56
     to -0.02 with VNNI and from -0.31 to -0.00 on AVX2 code paths, at under 2% of the time; `None` turns it off
     (`benchmarks/RESULTS.md`, "Outlier channels").

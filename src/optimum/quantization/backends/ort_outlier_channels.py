@@ -1,17 +1,7 @@
 """Outlier channels of the FFN's second GEMM kept in FP32 before INT8, on ONNX Runtime graphs.
 
-Dynamic INT8 gives each activation tensor one scale per batch (static INT8 one scale, from calibration). In the first
-layers of fine-tuned MiniLM the GELU output that feeds the FFN's second GEMM has one or two channels whose value on the
-[CLS] token is 2-4x the largest value anywhere else (24 against 6 in layer 0), so that scale leaves every other value a
-quarter of its levels; on SQuAD those GEMMs caused most of dynamic INT8's error (benchmarks/RESULTS.md). SmoothQuant
-cannot move such a channel into the weight, because GELU sits between the two GEMMs.
-
-Channel j of `GEMM2(act(GEMM1(x) + b))` depends only on column j of W1, b_j and row j of W2. So each outlier channel
-is taken out of the INT8 path (W1 and b lose the column, W2 the row) and computed by a small FP32 side path,
-`act(x @ W1[:, J] + b[J]) @ W2[J, :]`, added to the GEMM's (bias-added) output: the FP32 graph computes the same
-function, and the INT8 GEMM quantizes a tensor whose largest value is the typical one. A channel is an outlier when
-its largest value over the calibration texts is more than `ratio` times the 99th percentile of the tensor's channel
-maxima; at most `MAX_CHANNELS` per GEMM, so the side path stays a sliver of the GEMM's work.
+outlier_channels.py says why and which channels. Here each one is taken out of the INT8 path (W1 and b lose the
+column, W2 the row) and computed by an FP32 side path added after the GEMM's bias Add.
 """
 
 from __future__ import annotations
@@ -23,13 +13,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .ort_smoothing import input_channel_amax
+from .outlier_channels import outlier_channels, split_record
 
 # Elementwise ops the activation between the FFN's GEMMs is made of: ORT's fused Gelu, or the exported erf GELU
 # (Div, Erf, Add, Mul, Mul with scalar constants). A channel of their output depends on that channel of their input.
 ELEMENTWISE_OPS = {"Gelu", "FastGelu", "QuickGelu", "Relu", "Sigmoid", "Tanh", "Erf", "Add", "Sub", "Mul", "Div", "Pow",
                    "Sqrt"}
-MAX_CHANNELS = 8
-REFERENCE_PERCENTILE = 99.0
 
 
 @dataclass
@@ -138,14 +127,6 @@ def feed_forwards(graph: onnx.GraphProto, skip: set[str]) -> list[FeedForward]:
     return found
 
 
-def outlier_channels(channel_amax: np.ndarray, ratio: float) -> list[int]:
-    """Channels whose largest value is more than `ratio` times the tensor's 99th-percentile channel maximum, largest
-    first, at most `MAX_CHANNELS`."""
-    reference = float(np.percentile(channel_amax, REFERENCE_PERCENTILE))
-    order = np.argsort(-channel_amax, kind="stable")[:MAX_CHANNELS]
-    return [int(j) for j in order if channel_amax[j] > ratio * reference]
-
-
 def _side_path_name(second: onnx.NodeProto) -> str:
     """'/bert/encoder/layer.0/output/dense/MatMul' -> '/bert/encoder/layer.0/output/dense/outlier_channels', so the
     side path's module name is the GEMM's followed by `.outlier_channels`."""
@@ -224,12 +205,7 @@ def split_outlier_channels(model: onnx.ModelProto, feeds: list[dict], ratio: flo
         channels = outlier_channels(channel_amax, ratio)
         if not channels:
             continue
-        kept = np.setdiff1d(np.arange(channel_amax.size), channels)
         record["side_path_nodes"] += _split(model.graph, chain, channels, initializers)
-        record["split"][chain.second.name] = {
-            "channels": channels,
-            "channel_max": [round(float(channel_amax[j]), 3) for j in channels],
-            "largest_left": round(float(channel_amax[kept].max()), 3),
-        }
+        record["split"][chain.second.name] = split_record(channel_amax, channels)
     return record
 
