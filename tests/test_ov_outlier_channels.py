@@ -58,6 +58,34 @@ def test_split_finds_the_outlier_and_keeps_the_fp32_function(outlier_bert):
     assert split_outlier_channels(untouched, feeds, ratio=2.0, skip={FIRST_FFN_OUTPUT})["split"] == {}
 
 
+def test_split_of_a_decomposed_gelu_between_untransposed_weights():
+    """x -> MatMul([in, out] weight) -> bias Add -> erf GELU as elementwise nodes -> MatMul -> bias Add -> Relu: the
+    side path clones the five GELU nodes, and the function stays the same."""
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    # 256 inner channels: the 99th-percentile channel maximum the outlier is compared with is a typical channel's.
+    w_in, w_out = rng.normal(0, 0.3, (8, 256)).astype(np.float32), rng.normal(0, 0.3, (256, 8)).astype(np.float32)
+    bias = np.zeros(256, np.float32)
+    bias[3] = 20.0  # channel 3 is the outlier on every token
+    x = ops.parameter([-1, 8], np.float32, name="x")
+    pre = ops.add(ops.matmul(x, ops.constant(w_in), False, False), ops.constant(bias))
+    erf = ops.erf(ops.divide(pre, ops.constant(np.float32(np.sqrt(2)))))
+    gelu = ops.multiply(ops.multiply(pre, ops.constant(np.float32(0.5))), ops.add(erf, ops.constant(np.float32(1))))
+    second = ops.matmul(gelu, ops.constant(w_out), False, False)
+    second.set_friendly_name("ffn.output/MatMul")
+    out = ops.relu(ops.add(second, ops.constant(np.full(8, 0.1, np.float32))))
+    model = ov.Model([out], [x])
+    feeds = [{"x": rng.normal(0, 1, (4, 8)).astype(np.float32)} for _ in range(4)]
+    before = run_f32(model, feeds)
+
+    record = split_outlier_channels(model, feeds, ratio=2.0, skip=set())
+    assert record["split"]["ffn.output/MatMul"]["channels"] == [3] and len(model.outputs) == 1
+    kinds = [name.rsplit("/", 1)[1].rsplit("_", 1)[0] for name in record["side_path_nodes"]]
+    assert sorted(kinds) == sorted(["MatMul", "Add", "Divide", "Erf", "Add", "Multiply", "Multiply", "MatMul", "Add"])
+    np.testing.assert_allclose(run_f32(model, feeds), before, atol=1e-4)
+
+
 def test_static_default_splits_and_keeps_the_side_path_out_of_int8(outlier_bert):
     model = QuantModelForSequenceClassification.from_pretrained(
         outlier_bert, backend="openvino", quantize=STATIC, precision="int8", calibration_dataset=SENTENCES)

@@ -64,11 +64,11 @@ def _weight_matmul(node: ov.Node) -> bool:
     return weight is not None and weight.ndim == 2 and _only_use(node.input_value(1))
 
 
-def _channel_axis(matmul: ov.Node, port: int) -> int:
-    """The weight axis that indexes the FFN's inner channels: GEMM1's output (port 1 of the first MatMul) or GEMM2's
-    input (of the second), given MatMul's transpose_b."""
-    transposed = bool(matmul.get_attributes()["transpose_b"])
-    return (0 if transposed else 1) if port == 1 else (1 if transposed else 0)
+def _weight_axis(matmul: ov.Node, output_features: bool) -> int:
+    """The axis of a MatMul's constant weight that indexes its output features (True) or its input features (False):
+    the FFN's inner channels are GEMM1's output features and GEMM2's input features."""
+    transposed = bool(matmul.get_attributes()["transpose_b"])  # weight stored [out, in] rather than [in, out]
+    return int(transposed != output_features)
 
 
 def _bias(node: ov.Node, channels: int) -> tuple[np.ndarray | None, ov.Output | None]:
@@ -124,17 +124,17 @@ def feed_forwards(model: ov.Model, skip: set[str]) -> list[FeedForward]:
             continue
         activation_input, nodes = activation
         w_out = _constant(second.input_value(1))
-        channels = w_out.shape[_channel_axis(second, 0)]
+        channels = w_out.shape[_weight_axis(second, False)]
         first, bias = activation_input.get_node(), None
         if first.get_type_name() == "Add":
             bias_value, other = _bias(first, channels)
             if bias_value is None or not _only_use(other):
                 continue
             bias, first = first, other.get_node()
-        if not _weight_matmul(first) or _constant(first.input_value(1)).shape[_channel_axis(first, 1)] != channels:
+        if not _weight_matmul(first) or _constant(first.input_value(1)).shape[_weight_axis(first, True)] != channels:
             continue
         after = _consumers(second.output(0))
-        outputs = w_out.shape[1 - _channel_axis(second, 0)]
+        outputs = w_out.shape[_weight_axis(second, True)]
         # The side path is added after GEMM2's bias Add where there is one, so the runtime still fuses GEMM and bias.
         tail = after[0].output(0) if len(after) == 1 and _bias(after[0], outputs)[0] is not None else second.output(0)
         found.append(FeedForward(first, bias, activation_input, nodes, second, tail))
@@ -142,18 +142,20 @@ def feed_forwards(model: ov.Model, skip: set[str]) -> list[FeedForward]:
 
 
 def activation_channel_amax(model: ov.Model, values: list[ov.Output], feeds: list[dict]) -> list[np.ndarray]:
-    """The largest |value| of each last-axis channel of `values` over all feeds, computed in f32 on a copy of the
-    model with those values as extra outputs."""
-    probe = model.clone()  # its ops keep the friendly names
-    names = {op.get_friendly_name(): op for op in probe.get_ops()}
-    first = len(probe.outputs)
-    probe.add_outputs([names[v.get_node().get_friendly_name()].output(v.get_index()) for v in values])
-    request = ov.Core().compile_model(probe, "CPU", INT8_COMPUTE).create_infer_request()
+    """The largest |value| of each last-axis channel of `values` over all feeds, computed in f32 with those values as
+    extra outputs of `model` for the time of the measurement (the plugin compiles a copy)."""
+    first = len(model.outputs)
+    model.add_outputs(values)
+    try:
+        request = ov.Core().compile_model(model, "CPU", INT8_COMPUTE).create_infer_request()
+    finally:
+        for result in model.get_results()[first:]:
+            model.remove_result(result)
     amax = [np.zeros(v.get_partial_shape()[-1].get_length(), np.float32) for v in values]
     for feed in feeds:
-        result = request.infer(feed)
+        outputs = request.infer(feed)
         for i in range(len(values)):
-            value = np.abs(np.asarray(result[first + i]))
+            value = np.abs(np.asarray(outputs[first + i]))
             amax[i] = np.maximum(amax[i], value.reshape(-1, value.shape[-1]).max(axis=0))
     return amax
 
@@ -168,7 +170,7 @@ def _split(chain: FeedForward, channels: list[int], channel_count: int) -> list[
     # '__module.bert.encoder.layer.0.output.dense/aten::linear/MatMul' -> '__module.bert...output.dense.outlier_channels'
     prefix = chain.second.get_friendly_name().split("/", 1)[0] + ".outlier_channels"
     w_in, w_out = _constant(chain.first.input_value(1)), _constant(chain.second.input_value(1))
-    in_axis, out_axis = _channel_axis(chain.first, 1), _channel_axis(chain.second, 0)
+    in_axis, out_axis = _weight_axis(chain.first, True), _weight_axis(chain.second, False)
     side = [ops.matmul(chain.first.input_value(0), _take(w_in, channels, in_axis), False,
                        bool(chain.first.get_attributes()["transpose_b"]))]
     mapped = {}
