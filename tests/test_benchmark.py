@@ -105,6 +105,22 @@ def test_variant_names_and_custom_specs(tmp_path):
         parse_variants(["ort-fp32", "ort-fp32"])
 
 
+def test_variant_spec_files_give_any_kind_with_its_options(tmp_path):
+    """A JSON file holding a spec's dict reproduces variants that NAME=BACKEND:QUANTIZE cannot express."""
+    spec = VariantSpec("ov-mine", "openvino", {"quantize": "static", "precision": "int8"})
+    spec_file = tmp_path / "ov-mine.json"
+    spec_file.write_text(json.dumps(spec.to_dict()), encoding="utf-8")
+    assert parse_variant(str(spec_file)) == spec
+    (tmp_path / "bad.json").write_text('{"kind": "openvino"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="'name', 'kind' and 'options'"):
+        parse_variant(str(tmp_path / "bad.json"))
+    (tmp_path / "kind.json").write_text('{"name": "x", "kind": "tensorflow"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="tensorflow"):
+        parse_variant(str(tmp_path / "kind.json"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_variant(str(tmp_path / "missing.json"))
+
+
 def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
     """Every variant is built and measured in its own process; a variant that cannot be built says why."""
     result = run_benchmark(

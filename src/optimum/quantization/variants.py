@@ -331,6 +331,9 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         # NNCF's mixed preset, our OpenVINO static default before symmetric="auto" (and optimum-intel's scheme).
         VariantSpec("ov-int8-asymmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=False).to_dict(),
                                                        "precision": "int8"}),
+        # Our OpenVINO static default before it split the FFN output GEMMs' outlier channels off.
+        VariantSpec("ov-int8-no-outlier-split", "openvino", {
+            "quantize": StaticQuantConfig(outlier_channel_ratio=None).to_dict(), "precision": "int8"}),
         VariantSpec("ov-w8", "openvino", {"quantize": "w8"}),
         VariantSpec("ov-w4", "openvino", {"quantize": "w4"}),
         VariantSpec("optimum-intel-int8", "optimum-intel-ovquantizer"),
@@ -341,8 +344,16 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
 DEFAULT_BASELINE = "ort-fp32-fused"
 
 
+def _json_file(path: Path, what: str):
+    if not path.is_file():
+        raise ConfigError(f"{what}: file {path} does not exist.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def parse_variant(value) -> VariantSpec:
-    """A `VariantSpec` from a spec, its dict, a registered name, or `NAME=BACKEND:QUANTIZE`.
+    """A `VariantSpec` from a spec, its dict, a registered name, `NAME=BACKEND:QUANTIZE`, or a JSON file holding a
+    spec's dict (`{"name", "kind", "options"}`: any kind with its options, e.g. an OpenVINO variant with a fixed
+    precision).
 
     QUANTIZE is a preset name, `none`, or a path to a JSON file holding a quantization config.
     """
@@ -352,6 +363,13 @@ def parse_variant(value) -> VariantSpec:
         return VariantSpec.from_dict(value)
     if value in NAMED_VARIANTS:
         return NAMED_VARIANTS[value]
+    if str(value).endswith(".json") and "=" not in str(value):
+        data = _json_file(Path(value), "Variant spec")
+        if not isinstance(data, dict) or not {"name", "kind"} <= set(data):
+            raise ConfigError(f"Variant spec file {value} must hold a JSON object with 'name', 'kind' and 'options'.")
+        spec = VariantSpec.from_dict(data)
+        builder_for(spec)  # an unknown kind fails here, with the kinds there are
+        return spec
     name, sep, rest = str(value).partition("=")
     backend, colon, quantize = rest.partition(":")
     if not (sep and colon and name and backend and quantize):
@@ -360,10 +378,7 @@ def parse_variant(value) -> VariantSpec:
             "(a preset, 'none', or a JSON config file), e.g. mine=onnxruntime:static."
         )
     if quantize.endswith(".json"):
-        path = Path(quantize)
-        if not path.is_file():
-            raise ConfigError(f"Variant {name!r}: config file {path} does not exist.")
-        quantize = json.loads(path.read_text(encoding="utf-8"))
+        quantize = _json_file(Path(quantize), f"Variant {name!r}: config")
     elif quantize == "none":
         quantize = None
     return VariantSpec(name, "quantized", _quantized(backend, quantize))

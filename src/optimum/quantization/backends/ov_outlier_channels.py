@@ -167,7 +167,7 @@ def _take(value: np.ndarray, channels, axis: int) -> ov.Node:
 def _split(chain: FeedForward, channels: list[int], channel_count: int) -> list[str]:
     """Move `channels` of `chain` into a float side path; returns the side path's friendly names."""
     kept = np.setdiff1d(np.arange(channel_count), channels)
-    # '__module.bert.encoder.layer.0.output.dense/aten::linear/MatMul' -> '__module.bert...output.dense.outlier_channels'
+    # The side path's module name is the GEMM's plus '.outlier_channels' (nncf_ptq.module_name_of reads it).
     prefix = chain.second.get_friendly_name().split("/", 1)[0] + ".outlier_channels"
     w_in, w_out = _constant(chain.first.input_value(1)), _constant(chain.second.input_value(1))
     in_axis, out_axis = _weight_axis(chain.first, True), _weight_axis(chain.second, False)
