@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import pytest
 
 from optimum.quantization import ConfigError
@@ -289,3 +291,42 @@ def test_a_quantized_variant_can_be_built_without_the_runs_calibration_texts(tin
         VARIANT_KINDS["quantized"].build(spec, context, folder)
         statistics[calibration] = find_recipe(folder).details["smoothing"]["statistics"]
     assert statistics == {True: "calibration_dataset", False: "random-words"}
+
+
+def _affinities(options):
+    try:
+        return options.get_session_config_entry("session.intra_op_thread_affinities")
+    except RuntimeError:  # not set
+        return None
+
+
+def test_explicit_ort_threads_pin_one_worker_per_cpu(monkeypatch, tmp_path):
+    """An explicit thread count turns ONNX Runtime's own pinning off; the benchmark's sessions pin the workers to the
+    process's CPUs after the first, as ONNX Runtime does when it picks the count (it numbers processors from 1)."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from optimum.quantization.backends import ort_session
+    from optimum.quantization.variants import _ort_session_options
+
+    real = sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(ort_session.os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+    options = _ort_session_options(3)
+    assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1 and _affinities(options) == "6;7"
+    assert _affinities(_ort_session_options(1)) is None and _affinities(_ort_session_options(8)) is None
+    mine = onnxruntime.SessionOptions()
+    mine.add_session_config_entry("session.intra_op_thread_affinities", "2")
+    assert _affinities(ort_session.with_intra_op_threads(mine, 2)) == "2"  # the caller's choice stays
+
+    monkeypatch.undo()
+    if len(real) < 2:
+        pytest.skip("one CPU: nothing to pin the second thread to")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "relu.onnx"))
+    options = _ort_session_options(2)
+    assert _affinities(options) == str(real[1] + 1)
+    session = onnxruntime.InferenceSession(str(tmp_path / "relu.onnx"), options, providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.array([-1, 0, 1, 2], np.float32)})[0].tolist() == [0, 0, 1, 2]

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .backends.ort_session import with_intra_op_threads
 from .errors import ConfigError, ModelNotFoundError
 
 MODEL_FILE = "model.onnx"
@@ -128,7 +129,7 @@ class LeanCausalLM:
             raise ModelNotFoundError(f"No {MODEL_FILE} in {folder}: save a causal LM with backend='onnxruntime' first.")
         options = session_options or onnxruntime.SessionOptions()
         if threads is not None:
-            options.intra_op_num_threads = threads
+            options = with_intra_op_threads(options, threads)
         session = onnxruntime.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
         config_file = folder / "generation_config.json"
         generation_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}

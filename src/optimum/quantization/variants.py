@@ -98,10 +98,9 @@ def builder_for(spec: VariantSpec) -> VariantBuilder:
 def _ort_session_options(threads: int | None):
     if threads is None:
         return None
-    import onnxruntime
+    from .backends.ort_session import with_intra_op_threads
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = with_intra_op_threads(None, threads)
     options.inter_op_num_threads = 1
     return options
 
