@@ -41,21 +41,28 @@ MODELS = {
 }
 
 
+def build_variants(model: str, specs, scratch: Path, threads: int, batch_size: int, sequence_length: int):
+    """Build `specs` from the `--model` checkpoint in `scratch`: (task, description, {name: folder}, model inputs)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    task, description, checkpoint_of = MODELS[model]
+    checkpoint = checkpoint_of(scratch)
+    built = build_all(str(checkpoint), task, specs, scratch / "work", threads=threads)
+    failed = {name: error for name, error in built.items() if isinstance(error, str)}
+    if failed:
+        raise SystemExit(f"variants not built: {failed}")
+    inputs = synthetic_inputs(batch_size, sequence_length, AutoConfig.from_pretrained(checkpoint).vocab_size,
+                              AutoTokenizer.from_pretrained(checkpoint).model_input_names)
+    return task, description, built, inputs
+
+
 def paired_latency(variants, rounds: int, warmup: int, batch_size: int, sequence_length: int, threads: int,
                    pause_s: float, model: str = "bert-base") -> dict:
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
     specs = parse_variants(variants)
     with tempfile.TemporaryDirectory(prefix="paired-latency-") as tmp:
-        task, description, checkpoint_of = MODELS[model]
-        checkpoint = checkpoint_of(Path(tmp))
-        built = build_all(str(checkpoint), task, specs, Path(tmp) / "work", threads=threads)
-        failed = {name: error for name, error in built.items() if isinstance(error, str)}
-        if failed:
-            raise SystemExit(f"variants not built: {failed}")
-        inputs = synthetic_inputs(batch_size, sequence_length, AutoConfig.from_pretrained(checkpoint).vocab_size,
-                                  AutoTokenizer.from_pretrained(checkpoint).model_input_names)
+        task, description, built, inputs = build_variants(model, specs, Path(tmp), threads, batch_size, sequence_length)
         torch.set_num_threads(threads)
         models = {spec.name: load_variant(built[spec.name], task, threads) for spec in specs}
         with torch.no_grad():

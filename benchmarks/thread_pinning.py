@@ -18,14 +18,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from paired_latency import MODELS
+from paired_latency import MODELS, build_variants
 
 from optimum.quantization.backends.ort_session import with_intra_op_threads
-from optimum.quantization.evaluation.benchmark import percentile, round_robin_ms, synthetic_inputs
+from optimum.quantization.evaluation.benchmark import percentile, round_robin_ms
 from optimum.quantization.evaluation.report import machine_line, write_reports
 from optimum.quantization.modeling import QUANT_MODEL_CLASSES
 from optimum.quantization.recipe import library_versions
-from optimum.quantization.side_by_side import build_all, machine_record
+from optimum.quantization.side_by_side import machine_record
 from optimum.quantization.variants import parse_variants
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,18 +47,9 @@ def session_options(mode: str, threads: int):
 
 
 def thread_pinning(variants, rounds: int, sequence_length: int, threads: int, pause_s: float, model: str) -> dict:
-    from transformers import AutoConfig, AutoTokenizer
-
     specs = parse_variants(variants)
     with tempfile.TemporaryDirectory(prefix="thread-pinning-") as tmp:
-        task, description, checkpoint_of = MODELS[model]
-        checkpoint = checkpoint_of(Path(tmp))
-        built = build_all(str(checkpoint), task, specs, Path(tmp) / "work", threads=threads)
-        failed = {name: error for name, error in built.items() if isinstance(error, str)}
-        if failed:
-            raise SystemExit(f"variants not built: {failed}")
-        inputs = synthetic_inputs(1, sequence_length, AutoConfig.from_pretrained(checkpoint).vocab_size,
-                                  AutoTokenizer.from_pretrained(checkpoint).model_input_names)
+        task, description, built, inputs = build_variants(model, specs, Path(tmp), threads, 1, sequence_length)
         models = {
             f"{spec.name}, {mode}": QUANT_MODEL_CLASSES[task].from_pretrained(
                 str(built[spec.name]), session_options=session_options(mode, threads))
