@@ -21,8 +21,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser, default_variants, def
         "--variants",
         nargs="+",
         default=list(default_variants),
-        help=f"Variant names ({', '.join(NAMED_VARIANTS)}) or NAME=BACKEND:QUANTIZE with a preset, 'none' or a "
-        f"JSON config file (default: {' '.join(default_variants)}).",
+        help=f"Variant names ({', '.join(NAMED_VARIANTS)}), NAME=BACKEND:QUANTIZE with a preset, 'none' or a "
+        f"JSON config file, or a JSON file holding a variant spec {{name, kind, options}} "
+        f"(default: {' '.join(default_variants)}).",
     )
     parser.add_argument("--baseline", help="Variant the ratios are taken against (default: the first variant, "
                         f"or {DEFAULT_BASELINE} when it runs).")
