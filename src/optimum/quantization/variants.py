@@ -374,7 +374,8 @@ def parse_variant(value) -> VariantSpec:
     if not (sep and colon and name and backend and quantize):
         raise ConfigError(
             f"Unknown variant {value!r}: use one of {', '.join(NAMED_VARIANTS)}, or NAME=BACKEND:QUANTIZE "
-            "(a preset, 'none', or a JSON config file), e.g. mine=onnxruntime:static."
+            "(a preset, 'none', or a JSON config file), e.g. mine=onnxruntime:static, or a JSON file holding a "
+            "variant spec {name, kind, options}."
         )
     if quantize.endswith(".json"):
         quantize = _json_file(Path(quantize), f"Variant {name!r}: config")
