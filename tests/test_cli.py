@@ -50,6 +50,9 @@ def test_explicit_quantize_subcommand_and_torch_backend(tiny_dir, tmp_path):
         (["--task", "translation"], "Unknown task 'translation'"),
         (["--backend", "tvm"], "Unknown backend 'tvm'"),
         (["--method", "static"], "needs calibration data"),
+        (["--outlier-channel-ratio", "auto"], "outlier_channel_ratio"),  # dynamic's is a number or none
+        (["--smoothing-alpha", "1.5"], "smoothing_alpha"),
+        (["--method", "w8", "--smoothing-alpha", "0.5"], "apply to dynamic and static INT8"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tiny_dir, tmp_path, capsys, args, message):
@@ -76,3 +79,24 @@ def test_weight_only_method_for_decoders(tiny_dir, tmp_path):
     assert recipe.quantization.exclude == ["transformer.h.0.*"] and recipe.details["int8_ops"]["MatMulNBits"] > 0
     assert main(["--model", str(tiny_dir("text-generation")), "--method", "w8", "--no-per-channel",
                  "--output", str(tmp_path / "x")]) == 2
+
+
+def test_smoothing_and_outlier_split_options_reach_the_config(tiny_dir, tmp_path, capsys):
+    model = str(tiny_dir("text-classification"))
+    out = tmp_path / "dynamic"
+    assert main(["--model", model, "--task", "text-classification", "--smoothing-alpha", "none",
+                 "--outlier-channel-ratio", "3", "--output", str(out), "--no-compare"]) == 0
+    config = QuantizationRecipe.load(out).quantization
+    assert config.smoothing_alpha is None and config.outlier_channel_ratio == 3.0
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("a good script\nboring , long and pointless\n")
+    out = tmp_path / "static"
+    assert main(["--model", model, "--task", "text-classification", "--method", "static", "--calibration-data",
+                 str(calibration), "--smoothing-alpha", "0.6", "--outlier-channel-ratio", "none", "--output", str(out),
+                 "--no-compare"]) == 0
+    recipe = QuantizationRecipe.load(out)
+    assert recipe.quantization.smoothing_alpha == 0.6 and recipe.quantization.outlier_channel_ratio is None
+    assert recipe.details["outlier_channels"] == {"applied": False, "reason": "outlier_channel_ratio=None"}
+    with pytest.raises(SystemExit):
+        main(["--model", model, "--outlier-channel-ratio", "large", "--output", str(tmp_path / "x")])
+    assert "expected a number, 'auto' or 'none'" in capsys.readouterr().err

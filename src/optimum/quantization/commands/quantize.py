@@ -30,16 +30,35 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, help=f"One of {', '.join(TASKS)} (default: feature-extraction).")
     parser.add_argument("--backend", default="onnxruntime", help="Registered backend name (default: onnxruntime).")
     parser.add_argument("--method", default="dynamic", help=f"One of {', '.join(METHODS)} (default: dynamic).")
-    parser.add_argument("--calibration-data", help="Static only: a .txt/.csv/.json file or a local `datasets` name.")
+    parser.add_argument("--calibration-data", help="Texts the quantization measures (static INT8's activation ranges; "
+                        "dynamic INT8's smoothing and outlier channels, which otherwise measure random vocabulary "
+                        "words): a .txt/.csv/.json file or a local `datasets` name.")
     parser.add_argument("--text-column", help="Column of the calibration data that holds the text.")
     parser.add_argument("--calibration-method", default="minmax", choices=CALIBRATION_METHODS)
     parser.add_argument("--num-calibration-samples", type=int, default=128)
     parser.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                         help="Per-channel weight scales (default: on).")
     parser.add_argument("--exclude", nargs="*", default=[], help="Module or node name patterns to keep in FP32.")
+    parser.add_argument("--smoothing-alpha", type=_number_auto_or_none, default=None, metavar="{ALPHA,auto,none}",
+                        help="Dynamic and static INT8: SmoothQuant's alpha in (0, 1), 'auto' (the measured default) "
+                        "or 'none' (off).")
+    parser.add_argument("--outlier-channel-ratio", type=_number_auto_or_none, default=None, metavar="{RATIO,auto,none}",
+                        help="Dynamic and static INT8: split the FFN output GEMMs' input channels larger than RATIO "
+                        "times the typical channel into a float side path (default 2.0; static: 'auto'); 'none' "
+                        "turns it off.")
     parser.add_argument("--output", "-o", default=None, help=f"Output folder (default: {DEFAULT_OUTPUT} for the demo).")
     parser.add_argument("--no-compare", action="store_true", help="Skip the FP32 vs INT8 comparison.")
     parser.add_argument("--report", help="Also write the comparison as JSON to this file.")
+
+
+def _number_auto_or_none(value: str):
+    """A command-line value that is a number, "auto" or "none" (kept as the string; build_config maps it to None)."""
+    if value in ("auto", "none"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'none', got {value!r}") from None
 
 
 def build_config(args):
@@ -52,10 +71,17 @@ def build_config(args):
     if args.method in ("w8", "w4"):
         if args.per_channel is not None:
             raise QuantizationError("--per-channel does not apply to weight-only methods (they use blocks of 32).")
+        if args.smoothing_alpha is not None or args.outlier_channel_ratio is not None:
+            raise QuantizationError("--smoothing-alpha and --outlier-channel-ratio apply to dynamic and static INT8, "
+                                    "not to weight-only methods.")
         return resolve_quant_config(args.method).replace(exclude=list(args.exclude))
     common = {"exclude": list(args.exclude)}
     if args.per_channel is not None:
         common["per_channel"] = args.per_channel
+    for name in ("smoothing_alpha", "outlier_channel_ratio"):
+        value = getattr(args, name)
+        if value is not None:  # not given: the config's default; "none" turns the step off
+            common[name] = None if value == "none" else value
     if args.method == "dynamic":
         return DynamicQuantConfig(**common)
     calibration = CalibrationConfig(method=args.calibration_method, num_samples=args.num_calibration_samples)
