@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 from paired_latency import MODELS, build_variants
 
-from optimum.quantization.backends.ort_session import with_intra_op_threads
 from optimum.quantization.evaluation.benchmark import percentile, round_robin_ms
 from optimum.quantization.evaluation.report import machine_line, write_reports
 from optimum.quantization.modeling import QUANT_MODEL_CLASSES
 from optimum.quantization.recipe import library_versions
 from optimum.quantization.side_by_side import machine_record
-from optimum.quantization.variants import parse_variants
+from optimum.quantization.variants import _ort_session_options, parse_variants
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,10 +37,9 @@ def session_options(mode: str, threads: int):
     if mode == "ort-default":
         return None
     if mode == "pinned":
-        options = with_intra_op_threads(None, threads)
-    else:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        return _ort_session_options(threads)  # the harness's own
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return options
 

@@ -187,6 +187,14 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
+def rewrites_off(alpha: float | None, ratio: float | None) -> dict:
+    """The recipe's record of each FP32 rewrite before INT8 (smoothing, the outlier-channel split) that its setting
+    turns off (None), in the order the rewrites run."""
+    settings = {"smoothing": ("smoothing_alpha", alpha), "outlier_channels": ("outlier_channel_ratio", ratio)}
+    return {step: {"applied": False, "reason": f"{name}=None"} for step, (name, value) in settings.items()
+            if value is None}
+
+
 def smooth_and_split(
     src: Path, work_dir: Path, feeds: list[dict], skip: set[str], alpha: float | None, statistic: str = "max",
     ratio: float | None = None,
@@ -351,11 +359,9 @@ class OnnxRuntimeBackend(Backend):
         Records each in `details` (what was done, or why not); returns the graph to quantize and the FP32 side-path
         nodes to keep out of quantization."""
         ratio = config.outlier_channel_ratio
-        steps = {"smoothing": (alpha, "smoothing_alpha=None"), "outlier_channels": (ratio, "outlier_channel_ratio=None")}
-        wanted = [step for step, (value, _) in steps.items() if value is not None]
-        for step, (value, reason) in steps.items():
-            if value is None:
-                details[step] = {"applied": False, "reason": reason}
+        off = rewrites_off(alpha, ratio)
+        details.update(off)
+        wanted = [step for step in ("smoothing", "outlier_channels") if step not in off]
         if not wanted:
             return src, []
         if not details["graph_fused"]:  # e.g. decoders, whose past key/value inputs these measurements lack
@@ -442,8 +448,7 @@ class OnnxRuntimeBackend(Backend):
         ]
         nodes_to_exclude += kept_matmuls
         alpha = config.smoothing(STATIC_SMOOTHING_ALPHA)
-        records = {"smoothing": {"applied": False, "reason": "smoothing_alpha=None"},
-                   "outlier_channels": {"applied": False, "reason": "outlier_channel_ratio=None"}}
+        records = rewrites_off(alpha, ratio)
         if alpha is not None or ratio is not None:
             src, rewrites, side_path_nodes = smooth_and_split(src, work_dir, feeds, set(nodes_to_exclude), alpha,
                                                               ratio=ratio)

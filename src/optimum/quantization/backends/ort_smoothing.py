@@ -12,7 +12,6 @@ Dynamic INT8 smooths ONNX Runtime's fused graph; static INT8 the plain graph, wh
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -106,4 +105,3 @@ def smooth_graph(
     return {"alpha": alpha, "statistic": statistic, "smoothed_nodes": [n.name for n in targets],
             "calibration_samples": len(feeds),
             "largest_scale_ratio": round(max(ratios), 2)}
-
