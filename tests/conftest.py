@@ -155,3 +155,42 @@ def outlier_bert(tiny_dir, tmp_path_factory):
         model.bert.encoder.layer[0].intermediate.dense.bias[OUTLIER_CHANNEL] += 20.0
     model.save_pretrained(folder)
     return folder
+
+
+# The module `sensitive_model` makes sensitive: the unit an accuracy-aware search must keep in FP32.
+SENSITIVE = "bert.encoder.layer.1.output.dense"
+
+
+@pytest.fixture(scope="session")
+def sensitive_model(tmp_path_factory):
+    """A tiny BERT with one deliberately sensitive layer, and a metric that sees it: (folder, metric).
+
+    Layer 1's FFN output projection gets an input channel that is always exactly 0 in FP32 (GELU of a -1000
+    pre-activation) but carries weights of 500: harmless in FP32, while per-channel INT8 weight scales sized for
+    500 round every other weight of that layer to zero. The metric is 100 x the mean cosine similarity of the
+    logits to FP32's on the shared sentences, so FP32 scores 100 and the sensitive layer costs about 20 points.
+    """
+    import numpy as np
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("sensitive-bert")
+    torch.manual_seed(0)
+    tokenizer = _bert_tokenizer(folder)
+    model = transformers.BertForSequenceClassification(bert_config(tokenizer, num_labels=3)).eval()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.bias[0] = -1000.0
+        model.bert.encoder.layer[1].output.dense.weight[:, 0] = 500.0
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = model(**inputs).logits.numpy()
+
+    def logit_cosine(candidate) -> float:
+        with torch.no_grad():
+            out = candidate(**inputs).logits.numpy()
+        cosine = (out * reference).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(reference, axis=-1))
+        return 100.0 * float(cosine.mean())
+
+    return folder, logit_cosine

@@ -1,22 +1,15 @@
-"""Accuracy-aware search on a tiny BERT with one deliberately sensitive layer.
-
-Layer 1's FFN output projection gets an input channel that is always exactly 0 in FP32 (GELU of a -1000
-pre-activation) but carries weights of 500: harmless in FP32, while per-channel INT8 weight scales sized for
-500 round every other weight of that layer to zero. The metric is 100 x the mean cosine similarity of the
-logits to FP32's on the shared sentences, so FP32 scores 100 and the sensitive layer costs about 20 points.
-"""
+"""Accuracy-aware search on a tiny BERT with one deliberately sensitive layer (conftest's `sensitive_model`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 import transformers
-from conftest import SENTENCES, _bert_tokenizer, bert_config
+from conftest import SENSITIVE, SENTENCES
 
 from optimum.quantization import AutoQuantConfig, QuantModelForSequenceClassification
 from optimum.quantization.autoquant import candidates_for
@@ -24,35 +17,10 @@ from optimum.quantization.errors import ConfigError
 from optimum.quantization.evaluation.census import int8_op_counts, onnx_op_counts
 from optimum.quantization.recipe import QuantizationRecipe
 
-SENSITIVE = "bert.encoder.layer.1.output.dense"
 SENSITIVE_NODE = "/bert/encoder/layer.1/output/dense/MatMul"
 TOLERANCE = 0.5  # cosine points: the sensitive layer alone costs ~20, every other unit well under 2
 # Latency differences on a sub-millisecond model are noise: the expected speed order decides, deterministically.
 QUIET = dict(latency_noise=0.99, show_progress=False, latency_sequence_length=16)
-
-
-@pytest.fixture(scope="module")
-def sensitive_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sensitive-bert")
-    torch.manual_seed(0)
-    tokenizer = _bert_tokenizer(folder)
-    model = transformers.BertForSequenceClassification(bert_config(tokenizer, num_labels=3)).eval()
-    with torch.no_grad():
-        model.bert.encoder.layer[1].intermediate.dense.bias[0] = -1000.0
-        model.bert.encoder.layer[1].output.dense.weight[:, 0] = 500.0
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    inputs = tokenizer(SENTENCES, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        reference = model(**inputs).logits.numpy()
-
-    def logit_cosine(candidate) -> float:
-        with torch.no_grad():
-            out = candidate(**inputs).logits.numpy()
-        cosine = (out * reference).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(reference, axis=-1))
-        return 100.0 * float(cosine.mean())
-
-    return folder, logit_cosine
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from ..configuration import AutoQuantConfig, DynamicQuantConfig, QuantConfig, StaticQuantConfig
+from ..configuration import AutoQuantConfig, DynamicQuantConfig, QuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
 from ..errors import unknown_name
 from ..hardware import cpu_info
 
@@ -17,6 +18,8 @@ class Candidate:
     # Expected speed, 0 fastest: the order measured on CPUs (shared FACTS, benchmarks/RESULTS.md). It decides
     # between candidates whose measured latencies differ by less than the search's `latency_noise`.
     speed_rank: int
+    # Backend options of from_pretrained besides the config, e.g. OpenVINO's {"precision": "int8"}.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def needs_calibration(self) -> bool:
@@ -40,9 +43,23 @@ def _ort_candidates() -> list[Candidate]:
     return ladder
 
 
+def _openvino_candidates() -> list[Candidate]:
+    vnni = cpu_info().has_vnni
+    return [
+        # NNCF static INT8, forced: precision="auto" would time FP32 and INT8 weights inside the trial, which the
+        # search does itself. With VNNI it ran level with ORT dynamic INT8 on BERT-base 1 x 128 (Zen 5, pinned
+        # harness: 21.24 vs 22.69 ms) and slower on MiniLM (4.66 vs 3.87 ms); without VNNI at 0.67x of OpenVINO
+        # FP32's speed, the slowest form measured (benchmarks/RESULTS.md).
+        Candidate("openvino-static", "openvino", StaticQuantConfig(), 1 if vnni else 4, {"precision": "int8"}),
+        # INT8 weights, float compute: no calibration needed; 0.89x of FP32's speed on an AVX2-only CPU.
+        Candidate("openvino-int8-weights", "openvino", WeightOnlyQuantConfig(bits=8), 3 if vnni else 4),
+    ]
+
+
 # Backend name -> its candidates, fastest first. A backend registered later adds its own list here.
 CANDIDATE_TABLE = {
     "onnxruntime": _ort_candidates,
+    "openvino": _openvino_candidates,
     "torch": lambda: [Candidate("torch-dynamic", "torch", DynamicQuantConfig(), 3)],
 }
 

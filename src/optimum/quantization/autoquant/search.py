@@ -144,9 +144,11 @@ class Search:
         with torch.no_grad():
             return statistics.median(time_calls(lambda: model(**inputs), SEARCH_TIMING))
 
-    def run_trial(self, name: str, backend: str, quant_config, phase: str, speed_rank: int = 0, fallback=()) -> Trial:
+    def run_trial(self, name: str, backend: str, quant_config, phase: str, speed_rank: int = 0, fallback=(),
+                  options=None) -> Trial:
         config_dict = None if quant_config is None else quant_config.to_dict()
-        key = trial_key(backend, config_dict)
+        options = dict(options or {})
+        key = trial_key(backend, config_dict, options)
         logged = self.work.logged.get(key)
         self._check_budget()
         if logged is not None:  # measured by an earlier run with this work folder
@@ -154,7 +156,8 @@ class Search:
                                     "fallback": list(fallback)})
             model = None
         else:
-            trial, model = self._measure(key, name, backend, quant_config, config_dict, phase, speed_rank, list(fallback))
+            trial, model = self._measure(key, name, backend, quant_config, config_dict, phase, speed_rank,
+                                         list(fallback), options)
             self.work.append(trial)
         self.trials.append(trial)
         if phase == "baseline":
@@ -164,26 +167,26 @@ class Search:
             better, why = self.preferred(trial, self.best)
             if better:
                 if model is None and self.work.best_key() != trial.key:
-                    model = self._build(backend, quant_config)  # logged, but best/ holds another: rebuild it
+                    model = self._build(backend, quant_config, options)  # logged, but best/ holds another: rebuild it
                 if model is not None:
                     self.work.save_best(model, trial)
                 self.best, self.best_reason = trial, why
         self._show(trial)
         return trial
 
-    def _build(self, backend: str, quant_config):
+    def _build(self, backend: str, quant_config, options=None):
         return load_or_quantize(
             self.task, self.model_path, backend=backend, quantize=quant_config, calibration_dataset=self.calibration,
-            tokenizer=self.tokenizer, **self.hub_kwargs, **self.load_kwargs,
+            tokenizer=self.tokenizer, **self.hub_kwargs, **{**self.load_kwargs, **(options or {})},
         )
 
-    def _measure(self, key, name, backend, quant_config, config_dict, phase, speed_rank, fallback):
+    def _measure(self, key, name, backend, quant_config, config_dict, phase, speed_rank, fallback, options):
         start = time.monotonic()
         trial = Trial(key=key, name=name, backend=backend, phase=phase, config=config_dict, speed_rank=speed_rank,
-                      fallback=fallback)
+                      options=options, fallback=fallback)
         model = None
         try:
-            model = self._build(backend, quant_config)
+            model = self._build(backend, quant_config, options)
             trial.metric = float(self.metric_fn(model))
             if not math.isfinite(trial.metric):
                 raise QuantizationError(f"the metric returned {trial.metric}")
@@ -223,7 +226,8 @@ class Search:
         try:
             self.run_trial("fp32", config.backends[0], None, "baseline")
             try:
-                by_name = {c.name: self.run_trial(c.name, c.backend, c.config, "candidate", c.speed_rank) for c in candidates}
+                by_name = {c.name: self.run_trial(c.name, c.backend, c.config, "candidate", c.speed_rank,
+                                                  options=c.options) for c in candidates}
                 target = self._fallback_target(candidates, by_name)
                 if target is not None:
                     self._fall_back(*target)
@@ -255,7 +259,7 @@ class Search:
         for index, unit in enumerate(base.units):
             alone[unit] = self.run_trial(f"{candidate.name} -{unit}", candidate.backend,
                                          candidate.config.replace(exclude=base_exclude + [unit]), "sensitivity",
-                                         candidate.speed_rank, [unit])
+                                         candidate.speed_rank, [unit], candidate.options)
             gain = -math.inf if alone[unit].metric is None else alone[unit].metric - base.metric
             gains.append((-gain, index, unit))
         ranked = sorted(gains)
@@ -267,7 +271,7 @@ class Search:
             kept = ranking[:count]
             trial = self.run_trial(f"{candidate.name} +{count} FP32", candidate.backend,
                                    candidate.config.replace(exclude=base_exclude + kept), "fallback",
-                                   candidate.speed_rank, kept)
+                                   candidate.speed_rank, kept, candidate.options)
             if trial.status == "accepted":
                 return
 
@@ -336,7 +340,8 @@ class Search:
             return self.fp32_model
         if trial is self.best and self.work.best_key() == trial.key:
             return load_or_quantize(self.task, str(self.work.best_dir), **self.load_kwargs)
-        return self._build(trial.backend, None if trial.config is None else config_from_dict(trial.config))
+        config = None if trial.config is None else config_from_dict(trial.config)
+        return self._build(trial.backend, config, trial.options)
 
     # ------------------------------------------------------------------ outcome
 

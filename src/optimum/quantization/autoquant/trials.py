@@ -30,9 +30,11 @@ BEST_TRIAL_FILE = "auto_trial.json"
 RESUME_KEYS = ("model", "task", "metric", "eval_dataset", "seed", "latency_shape")
 
 
-def trial_key(backend: str, config_dict: dict | None) -> str:
-    """The identity of a trial: the backend and the full serialised config (None for FP32)."""
-    text = json.dumps({"backend": backend, "config": config_dict}, sort_keys=True)
+def trial_key(backend: str, config_dict: dict | None, options: dict | None = None) -> str:
+    """The identity of a trial: the backend, the full serialised config (None for FP32) and the backend options
+    (left out when there are none, so keys logged before options existed still match)."""
+    identity = {"backend": backend, "config": config_dict, **({"options": options} if options else {})}
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -44,6 +46,7 @@ class Trial:
     phase: str  # baseline | candidate | sensitivity | fallback
     config: dict | None  # the serialised QuantConfig; None for FP32
     speed_rank: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # backend options of from_pretrained (Candidate.options)
     fallback: list[str] = field(default_factory=list)  # units kept FP32 by the search on top of the config's defaults
     metric: float | None = None
     latency_ms: float | None = None
@@ -58,7 +61,7 @@ class Trial:
     cached: bool = False
     remeasured_ms: float | None = None  # the finalists' latency timed side by side after the accuracy phase
 
-    LOGGED = ("key", "name", "backend", "phase", "config", "speed_rank", "fallback", "metric", "latency_ms",
+    LOGGED = ("key", "name", "backend", "phase", "config", "speed_rank", "options", "fallback", "metric", "latency_ms",
               "size_bytes", "units", "int8_ops", "seconds", "error")
 
     def to_log(self) -> dict[str, Any]:

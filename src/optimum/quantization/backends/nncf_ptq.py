@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 from typing import Sequence
 
@@ -72,6 +73,16 @@ def activation_matmuls(model: ov.Model) -> list[str]:
         if kind == "ScaledDotProductAttention" or (kind == "MatMul" and not any(inputs)):
             names.append(op.get_friendly_name())
     return names
+
+
+def quantized_units(model: ov.Model, excluded: Sequence[str]) -> list[str]:
+    """Module names of the weighted nodes NNCF quantizes (a constant weight, outside the ignored scope), in graph
+    order. Each is an `exclude` pattern that keeps exactly that module float here: the names the accuracy-aware
+    search falls back with."""
+    skip = set(excluded) | set(activation_matmuls(model))
+    names = (module_name_of(op.get_friendly_name()) for op in model.get_ordered_ops()
+             if op.get_type_name() in WEIGHTED_OPS and op.get_friendly_name() not in skip)
+    return [glob.escape(name) for name in dict.fromkeys(names)]
 
 
 def static_exclusions(config: StaticQuantConfig) -> list[str]:
@@ -155,6 +166,7 @@ def quantize_static(
         "outlier_channels": outlier_channels,
         "excluded_nodes": names,
         "unused_exclude_patterns": unused,
+        "quantized_units": quantized_units(model, names),
     }
     if accuracy is None:
         return nncf.quantize(model, nncf.Dataset(feeds), **kwargs), details
@@ -237,6 +249,7 @@ def compress_weights(model: ov.Model, config: WeightOnlyQuantConfig) -> tuple[ov
         "excluded_nodes": [n for n in names if n not in shared],
         "excluded_but_shared_with_compressed_weight": shared,
         "unused_exclude_patterns": unused,
+        "quantized_units": quantized_units(model, names),
     }
 
 

@@ -19,7 +19,8 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.3, help="Largest metric drop from FP32 allowed (default 0.3).")
     parser.add_argument("--calibration-data", help="Calibration texts for the static candidates (skipped without).")
     parser.add_argument("--text-column", help="Column of the calibration data that holds the text.")
-    parser.add_argument("--backends", nargs="+", default=["onnxruntime"], help="Backends to search (default: onnxruntime).")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime"],
+                        help="Backends to search: onnxruntime, openvino, torch (default: onnxruntime).")
     parser.add_argument("--candidates", nargs="+", help="Only these candidates (names in the report; default: all).")
     parser.add_argument("--max-trials", type=int, default=40)
     parser.add_argument("--time-budget", type=float, help="Seconds; the search stops (keeping its best) when spent.")
