@@ -3,6 +3,8 @@
     # accuracy (any machine, slow, nice it): search with tolerance 0.3, build the defaults and NNCF's model, score all
     nice -n 15 .venv/bin/python benchmarks/auto_search.py sst2 --skip-nncf
     nice -n 15 .venv/bin/python benchmarks/auto_search.py squad --eval-limit 600 --skip-nncf --max-trials 20 --time-budget 3600
+    # OpenVINO's candidates searched too (the chosen model may be an OpenVINO IR)
+    .venv/bin/python benchmarks/auto_search.py sst2 --skip-nncf --backends onnxruntime openvino --suffix _with_openvino
     # NNCF's accuracy control alone (bounded: NNCF_MAX_ITERATIONS steps; ~1 h on SST-2 on 2 loaded cores)
     nice -n 15 .venv/bin/python benchmarks/auto_search.py sst2 --nncf-only
     nice -n 15 .venv/bin/python benchmarks/auto_search.py squad --eval-limit 600 --nncf-only
@@ -38,8 +40,9 @@ from optimum.quantization import AutoQuantConfig, QuantModelForQuestionAnswering
 from optimum.quantization.evaluation import metrics
 from optimum.quantization.evaluation.benchmark import BenchmarkConfig, alternating_rounds, synthetic_inputs, time_calls
 from optimum.quantization.hardware import cpu_info, cpu_summary
-from optimum.quantization.recipe import library_versions
+from optimum.quantization.recipe import QuantizationRecipe, library_versions
 from optimum.quantization.search_report import search_report_markdown
+from optimum.quantization.variants import runtime_load_kwargs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 0.3
@@ -210,7 +213,7 @@ def load_nncf(task: str, folder: Path, threads: int | None = None):
 
 
 def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int, time_budget: float | None,
-             suffix: str = "") -> dict:
+             suffix: str = "", backends=("onnxruntime",)) -> dict:
     from transformers import AutoTokenizer
 
     task, cls, metric = TASKS[benchmark]
@@ -219,7 +222,8 @@ def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int
     root = work_root(benchmark, suffix)
     described = describe(benchmark, subset)
     config = AutoQuantConfig(metric=metric, tolerance=TOLERANCE, eval_dataset=subset, eval_dataset_description=described,
-                             work_dir=str(root / "search"), max_trials=max_trials, time_budget_s=time_budget)
+                             work_dir=str(root / "search"), max_trials=max_trials, time_budget_s=time_budget,
+                             backends=list(backends))
     start = time.time()
     models = {"auto": cls.from_pretrained(str(checkpoint), quantize=config, calibration_dataset=calibration)}
     search_seconds = time.time() - start
@@ -276,16 +280,18 @@ def nncf_only(benchmark: str, limit: int | None, suffix: str = "") -> dict:
 
 
 def speed(benchmark: str, threads: int, rounds: int, suffix: str = "") -> dict:
-    import onnxruntime
     import torch
     from transformers import AutoConfig
 
     task, cls, _ = TASKS[benchmark]
     root = work_root(benchmark, suffix)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     torch.set_num_threads(threads)
-    models = {name: cls.from_pretrained(str(root / name), session_options=options) for name in OURS if (root / name).is_dir()}
+    # Each saved model with its runtime's thread settings, as the side-by-side harness times it: the search may
+    # have chosen OpenVINO.
+    models = {}
+    for name in (n for n in OURS if (root / n).is_dir()):
+        backend = QuantizationRecipe.load(root / name).backend
+        models[name] = cls.from_pretrained(str(root / name), **runtime_load_kwargs(backend, threads))
     if (root / "nncf").is_dir():
         models["nncf"] = load_nncf(task, root / "nncf", threads)
     vocab = AutoConfig.from_pretrained(root / "fp32").vocab_size
@@ -351,6 +357,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--suffix", default="", help="Appended to the result and work folder names (e.g. _quick).")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime"], help="Backends the search tries.")
     args = parser.parse_args()
     limit = args.eval_limit if args.eval_limit is not None else (None if args.benchmark == "sst2" else 200)
     if args.nncf_only:
@@ -359,7 +366,8 @@ def main() -> int:
     elif args.speed:
         result, name = speed(args.benchmark, args.threads, args.rounds, args.suffix), f"auto_search_{args.benchmark}_speed"
     else:
-        result = accuracy(args.benchmark, limit, args.skip_nncf, args.max_trials, args.time_budget, args.suffix)
+        result = accuracy(args.benchmark, limit, args.skip_nncf, args.max_trials, args.time_budget, args.suffix,
+                          args.backends)
         name = f"auto_search_{args.benchmark}"
     name += args.suffix
     RESULTS.mkdir(exist_ok=True)

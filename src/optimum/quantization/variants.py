@@ -162,14 +162,20 @@ class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
         model.save_pretrained(folder)
 
     def load(self, spec, folder, task, threads):
-        backend = self.backend_of(spec)
-        kwargs = {}
-        if backend in ("onnxruntime", "onnxruntime-openvino") and threads is not None:
-            kwargs["session_options"] = _ort_session_options(threads)
-        if backend == "openvino" and threads is not None:
-            kwargs["ov_config"] = _ov_config(threads)
-        model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **kwargs)
+        model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **runtime_load_kwargs(self.backend_of(spec), threads))
         return model.eval() if hasattr(model, "eval") else model
+
+
+def runtime_load_kwargs(backend: str, threads: int | None) -> dict:
+    """from_pretrained keyword arguments that run a saved model of `backend` on `threads` threads, as the harness
+    times it (ONNX Runtime workers pinned, OpenVINO's latency hint); {} for threads=None or PyTorch."""
+    if threads is None:
+        return {}
+    if backend in ("onnxruntime", "onnxruntime-openvino"):
+        return {"session_options": _ort_session_options(threads)}
+    if backend == "openvino":
+        return {"ov_config": _ov_config(threads)}
+    return {}
 
 
 @register_variant_kind("onnxruntime-fused")
