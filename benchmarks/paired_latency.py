@@ -8,7 +8,9 @@ shared VM two such runs disagreed by 15% on which of two variants was faster. He
 what the defaults do about them costs time only on a trained model), loaded into this process, warmed up, and then
 called in alternating order (`round_robin_ms`), so a change of load on the machine hits every variant alike. Each variant is called with the
 same inputs, after an untimed pause (`--pause`): ONNX Runtime's worker threads spin after a call, and on 2 cores
-they would slow whichever variant runs next. The report gives p50/p90 per variant and each p50 ratio to the first variant.
+they would slow whichever variant runs next. `--calls-per-turn N` makes each turn a burst of N calls back to back (a busy
+service) instead of one call after an idle gap (sporadic requests): runtimes differ in how fast their threads wake.
+The report gives p50/p90 per variant and each p50 ratio to the first variant.
 Writes benchmarks/results/NAME.{json,md}.
 """
 
@@ -57,7 +59,7 @@ def build_variants(model: str, specs, scratch: Path, threads: int, batch_size: i
 
 
 def paired_latency(variants, rounds: int, warmup: int, batch_size: int, sequence_length: int, threads: int,
-                   pause_s: float, model: str = "bert-base") -> dict:
+                   pause_s: float, model: str = "bert-base", calls_per_turn: int = 1) -> dict:
     import torch
 
     specs = parse_variants(variants)
@@ -67,24 +69,27 @@ def paired_latency(variants, rounds: int, warmup: int, batch_size: int, sequence
         models = {spec.name: load_variant(built[spec.name], task, threads) for spec in specs}
         with torch.no_grad():
             times = round_robin_ms({name: (lambda m=model: m(**inputs)) for name, model in models.items()},
-                                   rounds=rounds, warmup=warmup, pause_s=pause_s)
+                                   rounds=rounds, warmup=warmup, pause_s=pause_s, calls_per_turn=calls_per_turn)
     p50 = {name: statistics.median(t) for name, t in times.items()}
     first = p50[specs[0].name]
     rows = [{"name": name, "p50_ms": p50[name], "p90_ms": percentile(sorted(t), 90),
              "ratio_to_first": p50[name] / first, "calls": len(t)} for name, t in times.items()]
     return {"kind": "paired_latency", "task": task, "model": description,
             "shape": {"batch_size": batch_size, "sequence_length": sequence_length}, "rounds": rounds,
-            "warmup": warmup, "pause_s": pause_s, "machine": machine_record(threads), "versions": library_versions(), "variants": rows}
+            "warmup": warmup, "pause_s": pause_s, "calls_per_turn": calls_per_turn, "machine": machine_record(threads), "versions": library_versions(), "variants": rows}
 
 
 def markdown(result: dict) -> str:
     shape = result["shape"]
+    per_turn = result.get("calls_per_turn", 1)
+    turns = (f"{result['rounds']} calls each" if per_turn == 1 else
+             f"{result['rounds']} turns each of {per_turn} calls back to back (all timed)")
     lines = [
         machine_line(result),
         "",
         f"{result['model']}, batch {shape['batch_size']} x sequence {shape['sequence_length']}; all variants loaded in one "
-        f"process and called in alternating order, {result['rounds']} calls each after {result['warmup']} warm-up calls, "
-        f"{result['pause_s']} s untimed pause before each call.",
+        f"process and called in alternating order, {turns} after {result['warmup']} warm-up calls, "
+        f"{result['pause_s']} s untimed pause before each {'call' if per_turn == 1 else 'turn'}.",
         "",
         f"| variant | p50 ms | p90 ms | p50 vs {result['variants'][0]['name']} |",
         "|---|---|---|---|",
@@ -104,10 +109,12 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.1,
                         help="untimed seconds before each call, so the previous runtime's threads stop spinning")
     parser.add_argument("--model", choices=sorted(MODELS), default="bert-base")
+    parser.add_argument("--calls-per-turn", type=int, default=1,
+                        help="timed calls back to back per turn (1: each call after the pause; more: a burst)")
     parser.add_argument("--name", required=True, help="results file stem")
     args = parser.parse_args()
     result = paired_latency(args.variants, args.rounds, args.warmup, args.batch_size, args.sequence_length, args.threads,
-                            args.pause, args.model)
+                            args.pause, args.model, args.calls_per_turn)
     write_reports(result, RESULTS, args.name, markdown=markdown(result))
     print(markdown(result))
     return 0

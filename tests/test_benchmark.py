@@ -70,6 +70,19 @@ def test_round_robin_pauses_before_each_timed_call_only(monkeypatch):
     assert all(ms < 250 for values in times.values() for ms in values)
 
 
+def test_round_robin_turns_can_be_bursts_with_one_pause_each(monkeypatch):
+    from optimum.quantization.evaluation import benchmark
+
+    events: list[str] = []
+    monkeypatch.setattr(benchmark.time, "sleep", lambda seconds: events.append("sleep"))
+    calls = {name: (lambda name=name: events.append(name)) for name in ("a", "b")}
+    times = round_robin_ms(calls, rounds=2, warmup=0, pause_s=0.1, calls_per_turn=3)
+    assert events == ["sleep", "a", "a", "a", "sleep", "b", "b", "b", "sleep", "b", "b", "b", "sleep", "a", "a", "a"]
+    assert {name: len(ms) for name, ms in times.items()} == {"a": 6, "b": 6}  # every call of a burst is timed
+    with pytest.raises(ConfigError, match="calls_per_turn"):
+        round_robin_ms(calls, rounds=1, calls_per_turn=0)
+
+
 def test_latency_sweep_times_every_shape(tiny_dir):
     from transformers import AutoModelForSequenceClassification
 

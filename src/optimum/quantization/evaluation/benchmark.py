@@ -96,20 +96,22 @@ def alternating_rounds(items: Sequence, rounds: int) -> list:
     return [item for r in range(rounds) for item in (items if r % 2 == 0 else items[::-1])]
 
 
-_ONE_CALL = BenchmarkConfig(warmup=0, repeats=1, min_repeats=1)
-
 
 def round_robin_ms(
-    calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, pause_s: float = 0.0
+    calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, pause_s: float = 0.0,
+    calls_per_turn: int = 1,
 ) -> dict[str, list[float]]:
     """Milliseconds per call of several callables measured in turns, in one process: `warmup` untimed calls
-    each, then `rounds` rounds of one timed call each, every other round in reverse order (`alternating_rounds`).
+    each, then `rounds` rounds of one turn each, every other round in reverse order (`alternating_rounds`).
 
     Interleaving spreads a load change on the machine over every candidate instead of over one of them.
-    `pause_s`: an untimed sleep before each timed call. Runtimes whose worker threads spin after a call
-    (ONNX Runtime's intra-op pool does) would otherwise take cores from the next candidate."""
-    if rounds < 1 or warmup < 0 or pause_s < 0:
-        raise ConfigError("rounds must be >= 1, warmup >= 0 and pause_s >= 0.")
+    `pause_s`: an untimed sleep before each turn. Runtimes whose worker threads spin after a call
+    (ONNX Runtime's intra-op pool does) would otherwise take cores from the next candidate.
+    `calls_per_turn`: timed calls back to back in a turn, all recorded. 1 times each call after an idle gap (a
+    service with sporadic requests); more times a burst, where a runtime's threads are awake for all but the first."""
+    if rounds < 1 or warmup < 0 or pause_s < 0 or calls_per_turn < 1:
+        raise ConfigError("rounds and calls_per_turn must be >= 1, warmup >= 0 and pause_s >= 0.")
+    turn = BenchmarkConfig(warmup=0, repeats=calls_per_turn, min_repeats=calls_per_turn)
     names = list(calls)
     if not names:
         return {}
@@ -120,7 +122,7 @@ def round_robin_ms(
     for name in alternating_rounds(names, rounds):
         if pause_s:
             time.sleep(pause_s)
-        times[name] += time_calls(calls[name], _ONE_CALL)
+        times[name] += time_calls(calls[name], turn)
     return times
 
 
