@@ -162,7 +162,8 @@ class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
         model.save_pretrained(folder)
 
     def load(self, spec, folder, task, threads):
-        model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **runtime_load_kwargs(self.backend_of(spec), threads))
+        kwargs = runtime_load_kwargs(self.backend_of(spec), threads)
+        model = QUANT_MODEL_CLASSES[task].from_pretrained(str(folder), **kwargs)
         return model.eval() if hasattr(model, "eval") else model
 
 

@@ -47,9 +47,10 @@ def _openvino_candidates() -> list[Candidate]:
     vnni = cpu_info().has_vnni
     return [
         # NNCF static INT8, forced: precision="auto" would time FP32 and INT8 weights inside the trial, which the
-        # search does itself. With VNNI it ran level with ORT dynamic INT8 on BERT-base 1 x 128 (Zen 5, pinned
-        # harness: 21.24 vs 22.69 ms) and slower on MiniLM (4.66 vs 3.87 ms); without VNNI at 0.67x of OpenVINO
-        # FP32's speed, the slowest form measured (benchmarks/RESULTS.md).
+        # search does itself. With VNNI (Zen 5, 1 x 128) it beat ORT dynamic INT8 in bursts of calls, as the search
+        # times (BERT-base 17.15 vs 19.19 ms, MiniLM 2.90 vs 3.43), but not after idle gaps on MiniLM (4.58 vs
+        # 4.10); without VNNI it ran at 0.67x of OpenVINO FP32's speed, the slowest form measured
+        # (benchmarks/RESULTS.md, "Call pattern").
         Candidate("openvino-static", "openvino", StaticQuantConfig(), 1 if vnni else 4, {"precision": "int8"}),
         # INT8 weights, float compute: no calibration needed; 0.89x of FP32's speed on an AVX2-only CPU.
         Candidate("openvino-int8-weights", "openvino", WeightOnlyQuantConfig(bits=8), 3 if vnni else 4),

@@ -96,7 +96,6 @@ def alternating_rounds(items: Sequence, rounds: int) -> list:
     return [item for r in range(rounds) for item in (items if r % 2 == 0 else items[::-1])]
 
 
-
 def round_robin_ms(
     calls: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1, pause_s: float = 0.0,
     calls_per_turn: int = 1,
