@@ -3,7 +3,8 @@
     # accuracy (any machine, slow, nice it): search with tolerance 0.3, build the defaults and NNCF's model, score all
     nice -n 15 .venv/bin/python benchmarks/auto_search.py sst2 --skip-nncf
     nice -n 15 .venv/bin/python benchmarks/auto_search.py squad --eval-limit 600 --skip-nncf --max-trials 20 --time-budget 3600
-    # OpenVINO's candidates searched too (the chosen model may be an OpenVINO IR)
+    # OpenVINO's candidates searched too (the chosen model may be an OpenVINO IR); --latency-pause 0.1 times each call
+    # after an idle gap instead of back to back
     .venv/bin/python benchmarks/auto_search.py sst2 --skip-nncf --backends onnxruntime openvino --suffix _with_openvino
     # NNCF's accuracy control alone (bounded: NNCF_MAX_ITERATIONS steps; ~1 h on SST-2 on 2 loaded cores)
     nice -n 15 .venv/bin/python benchmarks/auto_search.py sst2 --nncf-only
@@ -213,7 +214,7 @@ def load_nncf(task: str, folder: Path, threads: int | None = None):
 
 
 def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int, time_budget: float | None,
-             suffix: str = "", backends=("onnxruntime",)) -> dict:
+             suffix: str = "", backends=("onnxruntime",), latency_pause_s: float = 0.0) -> dict:
     from transformers import AutoTokenizer
 
     task, cls, metric = TASKS[benchmark]
@@ -223,7 +224,7 @@ def accuracy(benchmark: str, limit: int | None, skip_nncf: bool, max_trials: int
     described = describe(benchmark, subset)
     config = AutoQuantConfig(metric=metric, tolerance=TOLERANCE, eval_dataset=subset, eval_dataset_description=described,
                              work_dir=str(root / "search"), max_trials=max_trials, time_budget_s=time_budget,
-                             backends=list(backends))
+                             backends=list(backends), latency_pause_s=latency_pause_s)
     start = time.time()
     models = {"auto": cls.from_pretrained(str(checkpoint), quantize=config, calibration_dataset=calibration)}
     search_seconds = time.time() - start
@@ -358,6 +359,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--suffix", default="", help="Appended to the result and work folder names (e.g. _quick).")
     parser.add_argument("--backends", nargs="+", default=["onnxruntime"], help="Backends the search tries.")
+    parser.add_argument("--latency-pause", type=float, default=0.0,
+                        help="The search's idle pause before each timed call (AutoQuantConfig.latency_pause_s).")
     args = parser.parse_args()
     limit = args.eval_limit if args.eval_limit is not None else (None if args.benchmark == "sst2" else 200)
     if args.nncf_only:
@@ -367,7 +370,7 @@ def main() -> int:
         result, name = speed(args.benchmark, args.threads, args.rounds, args.suffix), f"auto_search_{args.benchmark}_speed"
     else:
         result = accuracy(args.benchmark, limit, args.skip_nncf, args.max_trials, args.time_budget, args.suffix,
-                          args.backends)
+                          args.backends, args.latency_pause)
         name = f"auto_search_{args.benchmark}"
     name += args.suffix
     RESULTS.mkdir(exist_ok=True)

@@ -112,6 +112,29 @@ def test_loose_tolerance_picks_the_fastest_candidate(sensitive_model):
     assert "MatMulInteger" in int8_op_counts(onnx_graph(model))
 
 
+def test_latency_pause_times_calls_after_idle_gaps_and_is_part_of_the_search(sensitive_model, tmp_path, monkeypatch):
+    """`latency_pause_s` sleeps (untimed) before every timed call; a folder searched one way won't resume the other."""
+    from optimum.quantization.evaluation import benchmark
+
+    folder, metric = sensitive_model
+    sleeps: list[float] = []
+    monkeypatch.setattr(benchmark.time, "sleep", sleeps.append)
+    work = tmp_path / "work"
+    config = AutoQuantConfig(metric=metric, tolerance=50.0, candidates=["dynamic"], work_dir=str(work),
+                             latency_pause_s=0.05, **QUIET)
+    report = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config).auto_quantization_report
+    timed = [t for t in report["trials"] if t["latency_ms"]]
+    assert [t["name"] for t in timed] == ["fp32", "dynamic"]
+    assert sleeps == [0.05] * (15 * len(timed))  # SEARCH_TIMING's 15 timed calls per trial, each after a pause
+    assert report["latency_pause_s"] == 0.05
+    assert "each call after a 0.05 s idle pause" in (work / "auto_report.md").read_text()
+    back_to_back = config.replace(latency_pause_s=0.0)
+    with pytest.raises(ConfigError, match="latency_pause_s"):
+        QuantModelForSequenceClassification.from_pretrained(folder, quantize=back_to_back)
+    for bad in (-1, True, "0.1"):
+        with pytest.raises(ConfigError, match="latency_pause_s"):
+            AutoQuantConfig(latency_pause_s=bad)
+
 def test_interrupted_search_keeps_the_best_model_and_resumes(sensitive_model, tmp_path):
     folder, metric = sensitive_model
     calls = []

@@ -468,6 +468,10 @@ class AutoQuantConfig:
     latency_batch_size: int = 1
     latency_sequence_length: int = 128
     latency_noise: float = 0.10  # relative latency differences below this are noise: expected speed order decides
+    # Untimed pause before each timed call. 0: calls back to back, as a busy service sees them; e.g. 0.1: each call
+    # after an idle gap, as a service with sparse requests does. Runtimes rank differently (benchmarks/RESULTS.md,
+    # "Call pattern": on MiniLM 1 x 128 ONNX Runtime's dynamic INT8 won after gaps, OpenVINO's static INT8 in bursts).
+    latency_pause_s: float = 0.0
     seed: int = 0
     work_dir: str | None = None  # trial log + best model so far; a rerun with the same folder resumes
     show_progress: bool = True
@@ -493,6 +497,10 @@ class AutoQuantConfig:
             raise ConfigError(f"`time_budget_s` must be a positive number of seconds or None, got {self.time_budget_s!r}.")
         if not 0 <= float(self.latency_noise) < 1:
             raise ConfigError(f"`latency_noise` must be in [0, 1), got {self.latency_noise!r}.")
+        if isinstance(self.latency_pause_s, bool) or not isinstance(self.latency_pause_s, (int, float)) \
+                or not 0 <= self.latency_pause_s <= 10:
+            raise ConfigError(
+                f"`latency_pause_s` must be a number of seconds in [0, 10], got {self.latency_pause_s!r}.")
         if self.eval_dataset is not None and self.eval_dataset_description is None:
             self.eval_dataset_description = _describe(self.eval_dataset)
         if callable(self.metric) and self.metric_name is None:

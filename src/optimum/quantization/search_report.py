@@ -16,6 +16,10 @@ def _decision(trial: dict[str, Any]) -> str:
     return text.replace("|", "\\|")
 
 
+def _call_pattern(pause_s: float) -> str:
+    return f", each call after a {pause_s:g} s idle pause" if pause_s else ", calls back to back"
+
+
 def search_report_markdown(report: dict[str, Any]) -> str:
     """Outcome, reference numbers, then every trial with its metric, latency, size and decision."""
     fp32 = report.get("fp32") or {}
@@ -26,7 +30,8 @@ def search_report_markdown(report: dict[str, Any]) -> str:
         f"- Metric: {metric} on {report.get('eval_dataset') or 'the evaluation data'}; FP32 {_number(fp32.get('metric'))}, "
         f"tolerance {report.get('tolerance')} (accept ≥ {_number(report.get('threshold'))}).",
         f"- Latency: p50 at batch {report.get('latency_shape', ['?', '?'])[0]} × sequence "
-        f"{report.get('latency_shape', ['?', '?'])[1]}, measured in the search process as each trial ends; differences under "
+        f"{report.get('latency_shape', ['?', '?'])[1]}, measured in the search process as each trial ends"
+        f"{_call_pattern(report.get('latency_pause_s') or 0)}; differences under "
         f"{100 * report.get('latency_noise', 0):.0f}% count as noise and the expected speed order decides.",
         f"- {len(report.get('trials', []))} trials in {_number(report.get('elapsed_s'), 0)} s"
         + (f"; stopped early: {report['stopped']}." if report.get("stopped") else "."),

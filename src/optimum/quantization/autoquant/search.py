@@ -16,7 +16,7 @@ from transformers import set_seed
 
 from ..configuration import AutoQuantConfig, config_from_dict
 from ..errors import QuantizationError
-from ..evaluation.benchmark import BenchmarkConfig, alternating_rounds, synthetic_inputs, time_calls
+from ..evaluation.benchmark import BenchmarkConfig, alternating_rounds, round_robin_ms, synthetic_inputs, time_calls
 from ..hardware import cpu_info
 from ..modeling import load_or_quantize
 from ..recipe import library_versions
@@ -71,7 +71,7 @@ class Search:
 
     def identity(self) -> dict[str, Any]:
         config = self.config
-        return {
+        identity = {
             "model": self.model_path,
             "task": self.task,
             "metric": self.metric_name,
@@ -79,6 +79,9 @@ class Search:
             "seed": config.seed,
             "latency_shape": [config.latency_batch_size, config.latency_sequence_length],
         }
+        if config.latency_pause_s:  # absent for back-to-back timing, so folders logged before the option still resume
+            identity["latency_pause_s"] = config.latency_pause_s
+        return identity
 
     def _check_budget(self) -> None:
         if len(self.trials) >= self.config.max_trials:
@@ -141,8 +144,13 @@ class Search:
         import torch
 
         inputs = self._latency_inputs
+        pause = self.config.latency_pause_s
         with torch.no_grad():
-            return statistics.median(time_calls(lambda: model(**inputs), SEARCH_TIMING))
+            if not pause:
+                return statistics.median(time_calls(lambda: model(**inputs), SEARCH_TIMING))
+            times = round_robin_ms({"model": lambda: model(**inputs)}, rounds=SEARCH_TIMING.repeats,
+                                   warmup=SEARCH_TIMING.warmup, pause_s=pause)
+            return statistics.median(times["model"])
 
     def run_trial(self, name: str, backend: str, quant_config, phase: str, speed_rank: int = 0, fallback=(),
                   options=None) -> Trial:
@@ -382,6 +390,7 @@ class Search:
             "threshold": self.threshold,
             "latency_shape": [self.config.latency_batch_size, self.config.latency_sequence_length],
             "latency_noise": self.config.latency_noise,
+            "latency_pause_s": self.config.latency_pause_s,
             "fp32": {"metric": self.fp32.metric, "latency_ms": self.fp32.latency_ms, "size_bytes": self.fp32.size_bytes,
                      "remeasured_ms": self.fp32.remeasured_ms},
             "remeasure": self.remeasure,

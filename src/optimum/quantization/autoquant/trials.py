@@ -27,7 +27,7 @@ SEARCH_FILE = "search.json"
 BEST_DIR = "best"
 BEST_TRIAL_FILE = "auto_trial.json"
 # What must match for a work folder's logged trials to be reused.
-RESUME_KEYS = ("model", "task", "metric", "eval_dataset", "seed", "latency_shape")
+RESUME_KEYS = ("model", "task", "metric", "eval_dataset", "seed", "latency_shape", "latency_pause_s")
 
 
 def trial_key(backend: str, config_dict: dict | None, options: dict | None = None) -> str:

@@ -26,6 +26,9 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, help="Seconds; the search stops (keeping its best) when spent.")
     parser.add_argument("--max-fallback-units", type=int, default=8, help="Most units kept FP32 (default 8).")
     parser.add_argument("--work-dir", help="Trial log + best model; rerun with the same folder to resume.")
+    parser.add_argument("--latency-pause", type=float, default=0.0,
+                        help="Seconds of idle pause before each timed call: time for a service with sparse requests "
+                             "(default 0: calls back to back, a busy service).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", "-o", required=True, help="Where to save the chosen model.")
 
@@ -56,6 +59,7 @@ def run_auto(args) -> int:
         metric=args.metric, tolerance=args.tolerance, eval_dataset=data, eval_dataset_description=description,
         backends=args.backends, candidates=args.candidates, max_trials=args.max_trials, time_budget_s=args.time_budget,
         max_fallback_units=args.max_fallback_units, work_dir=args.work_dir, seed=args.seed,
+        latency_pause_s=args.latency_pause,
     )
     model = QUANT_MODEL_CLASSES[task].from_pretrained(
         args.model, quantize=config, calibration_dataset=args.calibration_data, text_column=args.text_column
