@@ -63,11 +63,13 @@ def test_dynamic_graph_holds_int8_ops_and_matches_fp32(tiny_dir):
     model = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
     ops = int8_op_counts(onnx_file(model))
     layers = 2
-    # Fused graph: one QAttention per layer; attention-output, intermediate and output dense as MatMulInteger.
-    assert ops.get("QAttention") == layers
-    assert ops.get("MatMulInteger", 0) >= 3 * layers
+    # Fused graph: one QAttention per layer that computes every token; attention-output, intermediate and output
+    # dense as MatMulInteger. The last layer computes the [CLS] row only (head_token_only): Q, K, V as MatMulInteger.
+    assert ops.get("QAttention") == layers - 1
+    assert ops.get("MatMulInteger", 0) >= 3 * layers + 3
     details = model.quantization_recipe.details
-    assert details["graph_fused"] and details["fused_ops"]["Attention"] == layers
+    assert details["graph_fused"] and details["fused_ops"]["Attention"] == layers - 1
+    assert details["head_token_only"]["applied"]
     assert details["int8_ops"] == ops
     reference, inputs = fp32_logits(folder)
     assert_close_to_fp32(reference, model(**inputs).logits.numpy())

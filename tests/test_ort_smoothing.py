@@ -102,9 +102,15 @@ def test_fused_bert_smoothing_targets_attention_and_ffn_input_and_keeps_fp32_log
     np.testing.assert_allclose(run(model, inputs), run(before, inputs), rtol=1e-4, atol=1e-4)
 
 
+# The smoothing tests count nodes of the graph whose every layer computes every token (test_head_token.py has the
+# graph whose last layer computes the [CLS] row only).
+ALL_TOKENS = DynamicQuantConfig(head_token_only=False)
+
+
 def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir):
     folder = tiny_dir("text-classification")
-    smoothed = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic", calibration_dataset=SENTENCES)
+    smoothed = QuantModelForSequenceClassification.from_pretrained(
+        folder, quantize=ALL_TOKENS, calibration_dataset=SENTENCES)
     details = smoothed.quantization_recipe.details
     smoothing = details["smoothing"]
     assert smoothing["applied"] and len(smoothing["smoothed_nodes"]) == 4
@@ -119,7 +125,7 @@ def test_dynamic_smooths_with_calibration_data_and_says_when_it_did_not(tiny_dir
     assert smoothing["statistics"] == "calibration_dataset"
 
     # Without data the default measures texts of random vocabulary words; smoothing_without_data=None skips it.
-    data_free = QuantModelForSequenceClassification.from_pretrained(folder, quantize="dynamic")
+    data_free = QuantModelForSequenceClassification.from_pretrained(folder, quantize=ALL_TOKENS)
     smoothing = data_free.quantization_recipe.details["smoothing"]
     assert smoothing["applied"] and smoothing["statistics"] == "random-words" and smoothing["calibration_samples"] == 64
     assert sum(n.name.endswith("_smoothing") for n in onnx.load(str(onnx_file(data_free))).graph.node) == 4
@@ -238,7 +244,8 @@ def test_static_smoothing_shares_one_scale_per_tensor_on_the_plain_graph(tiny_di
     from optimum.quantization import StaticQuantConfig
 
     folder = tiny_dir("text-classification")
-    config = StaticQuantConfig(calibration={"num_samples": len(SENTENCES), "sequence_length": 32})
+    config = StaticQuantConfig(
+        calibration={"num_samples": len(SENTENCES), "sequence_length": 32}, head_token_only=False)
     assert config.smoothing_alpha == "auto"
     smoothed = QuantModelForSequenceClassification.from_pretrained(folder, quantize=config, calibration_dataset=SENTENCES)
     smoothing = smoothed.quantization_recipe.details["smoothing"]

@@ -203,6 +203,13 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     `fuse_layer_norm` (ONNX Runtime, fused encoder graphs): False keeps residual adds apart from LayerNorm and bias
     adds apart from GELU, and our loader keeps ONNX Runtime from fusing them at load (`backends/ort_norm_fusion.py`);
     True gives ONNX Runtime's `SkipLayerNormalization` and `BiasGelu`. Same function, different speed.
+
+    `head_token_only` (exported text classifiers; every config that exports has it): BERT-style heads read only the
+    first token's final state, so the last encoder layer is exported for that token alone, its keys and values still
+    over every token (`head_token.py`). The logits are the same; the last layer's work for the other tokens is gone.
+    `"auto"` does it for text classifiers of a registered architecture (BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA,
+    DistilBERT) after checking on a test batch that the logits do not change, and says in the recipe what it did;
+    True raises where it cannot; False exports every token.
     """
 
     reduce_range_choices: ClassVar[tuple] = (True, False, "auto", "pair-safe")
@@ -215,9 +222,11 @@ class DynamicQuantConfig(_SmoothingChoice, _QuantConfigBase):
     smoothing_statistic: str = "auto"
     outlier_channel_ratio: float | None = 2.0
     fuse_layer_norm: bool = False
+    head_token_only: Union[bool, str] = "auto"
 
     def __post_init__(self):
         _check_choice("embeddings storage", self.embeddings, EMBEDDING_STORAGE)
+        _check_bool_or_auto("head_token_only", self.head_token_only)
         _check_choice("smoothing statistic", self.smoothing_statistic, SMOOTHING_STATISTICS)
         _check_smoothing_alpha(self.smoothing_alpha)
         _check_int("smoothing_samples", self.smoothing_samples)
@@ -273,6 +282,8 @@ class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
 
     `fuse_layer_norm` (ONNX Runtime): False has our loader keep ONNX Runtime from fusing residual adds into LayerNorm
     and bias adds into GELU when it loads the graph (`backends/ort_norm_fusion.py`); True lets it. Same function.
+
+    `head_token_only`: as in DynamicQuantConfig; calibration then measures the last layer on the first token's row.
     """
 
     requires_calibration: ClassVar[bool] = True
@@ -285,8 +296,10 @@ class StaticQuantConfig(_SmoothingChoice, _QuantConfigBase):
     activation_matmuls: Union[bool, str] = "auto"
     outlier_channel_ratio: Union[float, str, None] = "auto"
     fuse_layer_norm: bool = False
+    head_token_only: Union[bool, str] = "auto"
 
     def __post_init__(self):
+        _check_bool_or_auto("head_token_only", self.head_token_only)
         if isinstance(self.calibration, dict):
             self.calibration = _build(CalibrationConfig, self.calibration)
         elif isinstance(self.calibration, str):
@@ -334,6 +347,7 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
 
     `block_size` is NNCF's `group_size` (the OpenVINO backend uses it for 4-bit; NNCF's 8-bit weights are
     per-channel). `ratio` (OpenVINO, 4-bit only) is the share of weights stored in 4 bits, the rest in 8 bits.
+    `head_token_only`: as in DynamicQuantConfig.
     """
 
     bits: int = 8
@@ -341,6 +355,7 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
     symmetric: bool = True
     accuracy_level: int = 4
     ratio: float = 1.0
+    head_token_only: Union[bool, str] = "auto"
 
     @property
     def group_size(self) -> int:
@@ -369,6 +384,7 @@ class WeightOnlyQuantConfig(_QuantConfigBase):
             raise ConfigError(f"`ratio` must be a number in (0, 1] (the share of weights in `bits` bits), got {self.ratio!r}.")
         if self.ratio != 1.0 and self.bits != 4:
             raise ConfigError("`ratio` below 1 mixes 4-bit and 8-bit weights: it needs bits=4.")
+        _check_bool_or_auto("head_token_only", self.head_token_only)
         super().__post_init__()
 
 

@@ -6,7 +6,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from .errors import UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +41,60 @@ def check_exportable(model_type: str, task: str, exporter: str = "onnx") -> None
         )
 
 
-def export_onnx(model_path: str, output_dir: Path, task: str, *, model_type: str, **hub_kwargs) -> Path:
-    """Export `model_path` to `output_dir/model.onnx` (plus config and preprocessor files); return the ONNX path."""
+def head_token_model(model_path: str, task: str, model_type: str, setting, hub_kwargs: dict):
+    """`head_token_only` of a config ("auto", True, False) applied: (the PyTorch model to export instead of the
+    checkpoint, or None; what happened, for the recipe, or None where the option does not concern the task).
+
+    "auto" cuts a text classifier's last layer to the head's token where the architecture is registered and the
+    logits stay the same (`head_token.py`); True insists (ConfigError otherwise); False keeps every token."""
+    if setting is False or (setting == "auto" and task != "text-classification"):
+        return None, None
+    from optimum.exporters.tasks import TasksManager
+
+    from .head_token import keep_head_token_only, supports_head_token_only
+
+    if task != "text-classification":
+        raise ConfigError(f"head_token_only=True is for text classifiers; task {task!r} reads every token's output.")
+    if not supports_head_token_only(model_type):
+        reason = f"no first-token layer is registered for model type {model_type!r}"
+        if setting is True:
+            raise ConfigError(f"head_token_only=True: {reason}.")
+        return None, {"applied": False, "reason": reason}
+
+    model = TasksManager.get_model_from_task(
+        EXPORT_TASKS[task], model_path, framework="pt", library_name="transformers", **hub_kwargs
+    ).eval()
+    details = keep_head_token_only(model)
+    if details["applied"]:
+        return model, details
+    if setting is True:
+        raise ConfigError(f"head_token_only=True: {details['reason']}.")
+    logger.warning("Exporting every token's last layer: %s.", details["reason"])
+    return None, details
+
+
+def export_onnx(model_path: str, output_dir: Path, task: str, *, model_type: str, model=None, **hub_kwargs) -> Path:
+    """Export `model_path` to `output_dir/model.onnx` (plus config and preprocessor files); return the ONNX path.
+
+    `model`: the checkpoint already loaded and changed (`head_token_model`), exported in its place."""
     import torch
-    from optimum.exporters.onnx import main_export
+    from optimum.exporters.onnx import main_export, onnx_export_from_model
+    from optimum.utils.save_utils import maybe_load_preprocessors
 
     check_exportable(model_type, task)
     with warnings.catch_warnings():
         # The tracer warns about constants in transformers' mask helpers on every export: noise to a user.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        main_export(
-            model_path,
-            output=output_dir,
-            task=EXPORT_TASKS[task],
-            library_name="transformers",
-            do_validation=False,  # we compare outputs ourselves, against the quantized model too
-            **hub_kwargs,
-        )
+        common = {"task": EXPORT_TASKS[task], "do_validation": False}  # we compare outputs ourselves, INT8 too
+        if model is None:
+            main_export(model_path, output=output_dir, library_name="transformers", **common, **hub_kwargs)
+        else:
+            onnx_export_from_model(
+                model, output_dir, **common,  # main_export saves the same preprocessors
+                preprocessors=maybe_load_preprocessors(
+                    model_path, trust_remote_code=hub_kwargs.get("trust_remote_code", False)
+                ),
+            )
     onnx_path = Path(output_dir) / "model.onnx"
     if not onnx_path.is_file():
         raise UnsupportedModelError(f"The ONNX export of {model_path} produced no model.onnx: {sorted(p.name for p in Path(output_dir).iterdir())}.")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .configuration import StaticQuantConfig, config_from_dict
+from .configuration import DynamicQuantConfig, StaticQuantConfig, config_from_dict
 from .errors import BackendUnavailableError, ConfigError, unknown_name
 from .modeling import QUANT_MODEL_CLASSES
 from .recipe import RECIPE_FILE, QuantizationRecipe
@@ -321,6 +321,11 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         VariantSpec("ort-fp32-fused", "onnxruntime-fused"),
         VariantSpec("ort-int8-dynamic", "quantized", _quantized("onnxruntime", "dynamic")),
         VariantSpec("ort-int8-static", "quantized", _quantized("onnxruntime", "static")),
+        # Our defaults before text classifiers' last layer was cut to the head's token (`head_token_only`).
+        VariantSpec("ort-int8-dynamic-all-tokens", "quantized",
+                    _quantized("onnxruntime", DynamicQuantConfig(head_token_only=False).to_dict())),
+        VariantSpec("ort-int8-static-all-tokens", "quantized",
+                    _quantized("onnxruntime", StaticQuantConfig(head_token_only=False).to_dict())),
         VariantSpec("ort-int8-weight-only", "quantized", _quantized("onnxruntime", "w8")),
         VariantSpec("optimum-avx512_vnni", "optimum-ortquantizer", {"preset": "avx512_vnni"}),
         VariantSpec("optimum-avx2", "optimum-ortquantizer", {"preset": "avx2"}),
@@ -330,6 +335,8 @@ NAMED_VARIANTS: dict[str, VariantSpec] = {
         # (ours computes it in f32 unless told otherwise).
         VariantSpec("ov-int8-bf16-compute", "openvino", {"quantize": "static", "precision": "int8",
                                                          "ov_config": {"INFERENCE_PRECISION_HINT": "bf16"}}),
+        VariantSpec("ov-int8-all-tokens", "openvino", {
+            "quantize": StaticQuantConfig(head_token_only=False).to_dict(), "precision": "int8"}),
         VariantSpec("ov-int8-auto", "openvino", {"quantize": "static", "precision": "auto"}),
         VariantSpec("ov-int8-weights", "openvino", {"quantize": "static", "precision": "int8-weights"}),
         VariantSpec("ov-int8-symmetric", "openvino", {"quantize": StaticQuantConfig(symmetric=True).to_dict(),

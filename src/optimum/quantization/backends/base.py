@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..configuration import QuantConfig
 from ..errors import ConfigError, UnsupportedModelError
+from ..export import head_token_model
 from ..files import atomic_output_dir
 from ..recipe import QuantizationRecipe
 
@@ -33,6 +34,12 @@ class QuantizationRequest:
     calibration_examples: list | None = None
     hub_kwargs: dict[str, Any] = field(default_factory=dict)
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def model_to_export(self):
+        """(the PyTorch model to export in place of the checkpoint, or None; the recipe's `head_token_only` detail,
+        or None): the config's `head_token_only` applied (`export.head_token_model`). FP32 exports keep every token."""
+        setting = getattr(self.config, "head_token_only", False)
+        return head_token_model(self.model_path, self.task, self.model_type, setting, self.hub_kwargs)
 
 
 class Backend(abc.ABC):

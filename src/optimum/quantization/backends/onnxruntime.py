@@ -278,10 +278,15 @@ class OnnxRuntimeBackend(Backend):
         work = tempfile.TemporaryDirectory(prefix="optimum-quantization-")
         work_dir = Path(work.name)
         export_dir = work_dir / "model"
+        source, head_token = request.model_to_export()
         fp32_path = export_onnx(
-            request.model_path, export_dir, request.task, model_type=request.model_type, **request.hub_kwargs
+            request.model_path, export_dir, request.task, model_type=request.model_type, model=source,
+            **request.hub_kwargs,
         )
+        del source
         details: dict = {"fp32_size_bytes": fp32_path.stat().st_size}
+        if head_token is not None:
+            details["head_token_only"] = head_token
         config = request.config
         if config is not None:
             quantized_path = work_dir / "quantized.onnx"

@@ -30,7 +30,7 @@ from ..calibration import load_calibration_examples, tokenize_examples
 from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
 from ..errors import ConfigError
 from ..evaluation.census import openvino_quantized_counts
-from ..export import check_exportable
+from ..export import EXPORT_TASKS, check_exportable
 from ..hardware import cpu_info, resolve_reduce_range
 from ..recipe import QuantizationRecipe
 from .base import Backend, QuantizationRequest, QuantizedModelMixin, runtime_model_class
@@ -70,9 +70,18 @@ def optimum_model_class(task: str) -> type:
     return runtime_model_class(OpenVINOBackend.model_classes[task])
 
 
-def export_openvino(request: QuantizationRequest, folder: Path) -> Path:
-    """The FP32 OpenVINO IR of the checkpoint (+ config, generation config) in `folder`; returns the .xml."""
+def export_openvino(request: QuantizationRequest, folder: Path, source=None) -> Path:
+    """The FP32 OpenVINO IR of the checkpoint (+ config, generation config) in `folder`; returns the .xml.
+
+    `source`: the checkpoint already loaded and changed (`QuantizationRequest.model_to_export`), exported instead."""
     check_exportable(request.model_type, request.task, exporter="openvino")
+    if source is not None:
+        from optimum.exporters.openvino import export_from_model
+        from optimum.intel import OVConfig
+
+        # dtype fp32: what from_pretrained(export=True, load_in_8bit=False) asks for, so no weight compression here.
+        export_from_model(source, folder, task=EXPORT_TASKS[request.task], ov_config=OVConfig(dtype="fp32"))
+        return folder / MODEL_XML
     model = optimum_model_class(request.task).from_pretrained(
         request.model_path, export=True, compile=False, load_in_8bit=False, **request.hub_kwargs
     )
@@ -133,8 +142,12 @@ class OpenVINOBackend(Backend):
         work = tempfile.TemporaryDirectory(prefix="optimum-quantization-ov-")
         work_dir = Path(work.name)
         export_dir = work_dir / "fp32"
-        xml = export_openvino(request, export_dir)
+        source, head_token = request.model_to_export()
+        xml = export_openvino(request, export_dir, source)
+        del source
         details: dict = {"fp32_size_bytes": (export_dir / MODEL_BIN).stat().st_size}
+        if head_token is not None:
+            details["head_token_only"] = head_token
         model_dir = export_dir
         if isinstance(config, StaticQuantConfig):
             model_dir, details["precision"], quantized, more = self._static(

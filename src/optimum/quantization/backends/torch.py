@@ -82,6 +82,11 @@ class TorchBackend(Backend):
         super().check_supports(task, config)
         if config is not None and config.weight_type != "int8":
             raise ConfigError("The torch backend quantizes weights to int8 only; set weight_type='int8'.")
+        if config is not None and config.head_token_only is True:
+            raise ConfigError(
+                "head_token_only changes the exported graph; the torch backend keeps the PyTorch model whole (its "
+                "users may ask for every token's hidden states). Leave it at 'auto' or use an exporting backend."
+            )
 
     def _auto_class(self, task: str):
         import transformers
