@@ -166,16 +166,20 @@ def test_other_tasks_and_fp32_exports_keep_every_token(tiny_dir):
     assert "head_token_only" not in fp32.quantization_recipe.details
 
 
-def test_cut_layer_keys_values_and_ffn_are_still_smoothed(tiny_dir):
-    """In the cut layer K and V read the LayerNorm output as two MatMuls (ORT cannot fuse them into Attention with
-    one query row): both and the FFN input are smoothed. The query reads the first row and is left unsmoothed."""
+@pytest.mark.parametrize("quantize", ["dynamic", "static"])
+def test_cut_layer_gemms_are_all_still_smoothed(tiny_dir, quantize):
+    """In the cut layer K and V read the LayerNorm output, as before (two MatMuls: ORT cannot fuse them into
+    Attention with one query row), and Q reads a Slice of it, the first token's row: all three are smoothed, Q with
+    a scale of its own measured on that row, and the FFN input too."""
     model = QuantModelForSequenceClassification.from_pretrained(
-        tiny_dir("text-classification"), quantize="dynamic", calibration_dataset=SENTENCES)
+        tiny_dir("text-classification"), quantize=quantize, calibration_dataset=SENTENCES)
     smoothed = model.quantization_recipe.details["smoothing"]["smoothed_nodes"]
-    last = [name for name in smoothed if "layer.1" in name]
-    assert sorted(last) == ["/bert/encoder/layer.1/attention/self/key/MatMul",
-                            "/bert/encoder/layer.1/attention/self/value/MatMul",
-                            "/bert/encoder/layer.1/intermediate/dense/MatMul"]
+    last = sorted(name.rsplit("/", 2)[-2] for name in smoothed if "layer.1/" in name)
+    assert last == ["dense", "key", "query", "value"]  # intermediate/dense is the FFN input
+    graph = onnx.load(str(model.model_path)).graph
+    query = next(n for n in graph.node if n.name == "/bert/encoder/layer.1/attention/self/query/MatMul_smoothing")
+    producer = next(n for n in graph.node if query.input[0] in n.output)
+    assert producer.op_type == "Slice"  # the query's Mul scales the first token's row
 
 
 def test_openvino_ir_computes_one_row_in_the_last_layer(tiny_dir):

@@ -22,8 +22,19 @@ LAYER_NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SkipSimplifie
 SMOOTHED_OPS = {"Attention", "MatMul"}
 
 
+def _reads_layer_norm(tensor: str, producers: dict[str, onnx.NodeProto]) -> bool:
+    """Whether `tensor` is a LayerNorm's output, or a Slice of one: the first token's row that a text classifier's
+    cut last layer takes its queries from (`head_token.py`). The Mul scales whatever tensor the GEMM reads, so
+    the function is unchanged either way."""
+    producer = producers.get(tensor)
+    if producer is not None and producer.op_type == "Slice":
+        producer = producers.get(producer.input[0])
+    return getattr(producer, "op_type", None) in LAYER_NORM_OPS
+
+
 def smoothing_targets(graph: onnx.GraphProto, skip: set[str]) -> list[onnx.NodeProto]:
-    """GEMMs with a constant weight of their own whose activation is a LayerNorm's output, minus `skip`."""
+    """GEMMs with a constant weight of their own whose activation is a LayerNorm's output (or a row slice of one),
+    minus `skip`."""
     initializers = {i.name for i in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output[:1]}
     uses: dict[str, int] = {}
@@ -34,7 +45,7 @@ def smoothing_targets(graph: onnx.GraphProto, skip: set[str]) -> list[onnx.NodeP
         node for node in graph.node
         if node.op_type in SMOOTHED_OPS and node.name not in skip and len(node.input) > 1
         and node.input[1] in initializers and uses[node.input[1]] == 1  # a shared (tied) weight cannot be rescaled
-        and getattr(producers.get(node.input[0]), "op_type", None) in LAYER_NORM_OPS
+        and _reads_layer_norm(node.input[0], producers)
     ]
 
 
