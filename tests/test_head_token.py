@@ -23,11 +23,17 @@ CLASSIFIERS = {
     "bert": lambda: transformers.BertForSequenceClassification(transformers.BertConfig(**SMALL)),
     "bert-eager": lambda: transformers.BertForSequenceClassification(
         transformers.BertConfig(**SMALL, attn_implementation="eager")),
+    "bert-relative-key": lambda: transformers.BertForSequenceClassification(
+        transformers.BertConfig(**SMALL, attn_implementation="eager", position_embedding_type="relative_key")),
     "roberta": lambda: transformers.RobertaForSequenceClassification(transformers.RobertaConfig(**SMALL)),
+    "xlm-roberta": lambda: transformers.XLMRobertaForSequenceClassification(transformers.XLMRobertaConfig(**SMALL)),
+    "camembert": lambda: transformers.CamembertForSequenceClassification(transformers.CamembertConfig(**SMALL)),
     "electra": lambda: transformers.ElectraForSequenceClassification(
         transformers.ElectraConfig(**SMALL, embedding_size=16)),
     "distilbert": lambda: transformers.DistilBertForSequenceClassification(
         transformers.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
+    "distilbert-eager": lambda: transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+        vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, attn_implementation="eager")),
 }
 # Float rounding only: the first token's row is computed by the same modules from the same keys and values.
 SAME_LOGITS = 1e-5
@@ -44,22 +50,20 @@ def padded_batch(length: int = 20):
 
 
 @pytest.mark.parametrize("kind", sorted(CLASSIFIERS))
-def test_first_token_layer_keeps_logits_and_module_names(kind):
+def test_first_token_layer_keeps_logits(kind):
     torch.manual_seed(0)
     model = CLASSIFIERS[kind]().eval()
-    names = [name for name, _ in model.named_modules()]
     batch = padded_batch()
     with torch.no_grad():
         before = model(**batch).logits
         details = keep_head_token_only(model)
         after = model(**batch).logits
         last_hidden = model.base_model(**batch).last_hidden_state
-    last = ("distilbert.transformer.layer.1" if kind == "distilbert"
+    last = ("distilbert.transformer.layer.1" if kind.startswith("distilbert")
             else f"{model.base_model_prefix}.encoder.layer.1.attention")
     assert details["applied"] and details["module"] == last and details["max_logit_difference"] < SAME_LOGITS
     assert torch.allclose(after, before, atol=SAME_LOGITS)
     assert last_hidden.shape[1] == 1  # the last layer computed one row, not 20
-    assert [name for name, _ in model.named_modules()] == names  # exclude patterns still match
 
 
 def test_head_that_reads_other_tokens_is_left_whole():
@@ -82,6 +86,35 @@ def test_head_that_reads_other_tokens_is_left_whole():
     assert not details["applied"] and "reads more than the first token" in details["reason"]
     assert "forward" not in vars(model.bert.encoder.layer[-1].attention)  # its own forward is back
     assert torch.equal(after, before)
+
+
+def test_a_forward_that_fails_or_nan_logits_leave_the_model_whole():
+    torch.manual_seed(0)
+    # output_attentions in the config: the encoder reads attentions the first-token forward does not return.
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(**SMALL, output_attentions=True)).eval()
+    details = keep_head_token_only(model)
+    assert not details["applied"] and "failed on a test batch" in details["reason"]
+    assert "forward" not in vars(model.bert.encoder.layer[-1].attention)
+    model = CLASSIFIERS["bert"]().eval()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    details = keep_head_token_only(model)  # NaN logits cannot show that nothing changed
+    assert not details["applied"] and "logits changed" in details["reason"]
+    assert "forward" not in vars(model.bert.encoder.layer[-1].attention)
+
+
+def test_explicit_request_raises_where_the_check_fails(tiny_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "attentions"
+    shutil.copytree(tiny_dir("text-classification"), folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    config.output_attentions = True
+    config.save_pretrained(folder)
+    with pytest.raises(ConfigError, match="head_token_only=True: the first-token forward failed"):
+        head_token_model(str(folder), "text-classification", "bert", True, {})
+    model, details = head_token_model(str(folder), "text-classification", "bert", "auto", {})
+    assert not details["applied"] and "forward" not in vars(model.bert.encoder.layer[-1].attention)
 
 
 def test_unregistered_architecture_is_reported_not_changed():
@@ -162,8 +195,13 @@ def test_explicit_request_that_cannot_apply_raises(tiny_dir):
 def test_other_tasks_and_fp32_exports_keep_every_token(tiny_dir):
     qa = QuantModelForQuestionAnswering.from_pretrained(tiny_dir("question-answering"), quantize="dynamic")
     assert "head_token_only" not in qa.quantization_recipe.details
-    fp32 = QuantModelForSequenceClassification.from_pretrained(tiny_dir("text-classification"), quantize=None)
+    folder = tiny_dir("text-classification")
+    fp32 = QuantModelForSequenceClassification.from_pretrained(folder, quantize=None)
     assert "head_token_only" not in fp32.quantization_recipe.details
+    feed = {name: value.numpy() for name, value in padded_batch().items()}
+    feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    rows, _ = _matmul_rows(fp32.model_path, "/bert/encoder/layer.1/intermediate/dense/MatMul", feed)
+    assert rows == 20
 
 
 @pytest.mark.parametrize("quantize", ["dynamic", "static"])

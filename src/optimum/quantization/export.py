@@ -43,7 +43,8 @@ def check_exportable(model_type: str, task: str, exporter: str = "onnx") -> None
 
 def head_token_model(model_path: str, task: str, model_type: str, setting, hub_kwargs: dict):
     """`head_token_only` of a config ("auto", True, False) applied: (the PyTorch model to export instead of the
-    checkpoint, or None; what happened, for the recipe, or None where the option does not concern the task).
+    checkpoint, cut or as loaded, or None to export the checkpoint; what happened, for the recipe, or None where the
+    option does not concern the task).
 
     "auto" cuts a text classifier's last layer to the head's token where the architecture is registered and the
     logits stay the same (`head_token.py`); True insists (ConfigError otherwise); False keeps every token."""
@@ -64,13 +65,23 @@ def head_token_model(model_path: str, task: str, model_type: str, setting, hub_k
     model = TasksManager.get_model_from_task(
         EXPORT_TASKS[task], model_path, framework="pt", library_name="transformers", **hub_kwargs
     ).eval()
-    details = keep_head_token_only(model)
-    if details["applied"]:
-        return model, details
+    if getattr(model.config, "pad_token_id", None) is None:
+        # main_export takes a classifier's missing pad token id from its tokenizer (and fails without one); so here.
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path, **hub_kwargs)
+        model.config.pad_token_id = getattr(tokenizer, "pad_token_id", None)
+    if model.config.pad_token_id is None:
+        details = {"applied": False, "reason": "neither the config nor the tokenizer has a pad token id"}
+        model = None  # main_export gives its own error for that
+    else:
+        details = keep_head_token_only(model)
+        if details["applied"]:
+            return model, details
     if setting is True:
         raise ConfigError(f"head_token_only=True: {details['reason']}.")
     logger.warning("Exporting every token's last layer: %s.", details["reason"])
-    return None, details
+    return model, details  # as loaded (its own forward back): exported without loading it twice
 
 
 def export_onnx(model_path: str, output_dir: Path, task: str, *, model_type: str, model=None, **hub_kwargs) -> Path:

@@ -114,18 +114,23 @@ def keep_head_token_only(model: nn.Module) -> dict:
     layout = HEAD_TOKEN_LAYOUTS.get(model_type)
     if layout is None:
         return {"applied": False, "reason": f"no first-token layer registered for model type {model_type!r}"}
-    target = layout.module(model)
-    batch = _test_batch(model)
-    with torch.no_grad():
-        before = model(**batch).logits
-        target.forward = types.MethodType(layout.forward, target)
-        try:
+    try:  # a model of a registered type laid out otherwise (remote code, an odd config) is exported whole
+        target = layout.module(model)
+        batch = _test_batch(model)
+        with torch.no_grad():
+            before = model(**batch).logits
+    except Exception as error:
+        return {"applied": False, "reason": f"the model did not run as a registered {model_type!r}: {error}"}
+    target.forward = types.MethodType(layout.forward, target)
+    try:
+        with torch.no_grad():
             after = model(**batch).logits
-        except Exception as error:  # modules that do not take these calls
-            del target.forward
-            return {"applied": False, "reason": f"the first-token forward failed on a test batch: {error}"}
+    except Exception as error:  # modules that do not take these calls (e.g. output_attentions in the config)
+        del target.forward
+        return {"applied": False, "reason": f"the first-token forward failed on a test batch: {error}"}
     difference = float((after - before).abs().max()) if after.shape == before.shape else float("inf")
-    if difference > LOGIT_TOLERANCE * max(1.0, float(before.abs().max())):
+    # Written so that NaN logits fail the check too.
+    if not difference <= LOGIT_TOLERANCE * max(1.0, float(before.abs().max())):
         del target.forward
         return {"applied": False, "max_logit_difference": difference,
                 "reason": "the logits changed on a test batch: the head reads more than the first token"}

@@ -7,7 +7,9 @@ s_j = amax_j^alpha / wmax_j^(1 - alpha) (a `Mul` before the GEMM) and row j of t
 graph computes the same function, and the INT8 one shares the range between activation and weight. The LayerNorm
 output also feeds the residual branch, which is why the scale is a `Mul` of its own and not folded into LayerNorm.
 GELU- and attention-fed GEMMs are left alone: smoothing them lost SQuAD F1 on fine-tuned MiniLM (benchmarks/RESULTS.md).
-Dynamic INT8 smooths ONNX Runtime's fused graph; static INT8 the plain graph, where Q, K and V share one scale.
+Dynamic INT8 smooths ONNX Runtime's fused graph; static INT8 the plain graph, where Q, K and V share one scale. In a
+text classifier's cut last layer (`head_token.py`) Q reads a Slice of the LayerNorm output, the [CLS] row: its GEMM
+gets a scale of its own, measured on that row.
 """
 
 from __future__ import annotations
