@@ -46,3 +46,30 @@ def test_minilm_static_every_calibration_method(minilm_dir, minilm_fp32, minilm_
     # Agreement is measured on the 32 sentences calibration did not see.
     agreement = output_agreement(minilm_fp32, model, minilm_tokenizer, sentences[32:], "feature-extraction")
     assert agreement["cosine_mean"] > STATIC_MIN_MEAN_COSINE[method], agreement
+
+
+def test_minilm_classifier_cut_to_cls_gives_the_same_logits_on_real_sentences(minilm_dir, minilm_tokenizer, tmp_path):
+    """MiniLM's real weights under a classification head (seeded head): the ONNX export whose last layer computes the
+    [CLS] row alone (`head_token_only`) gives the full export's logits on the 64 shipped sentences, padded."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from optimum.quantization.export import export_onnx, head_token_model
+
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2).save_pretrained(tmp_path / "clf")
+    minilm_tokenizer.save_pretrained(tmp_path / "clf")
+    folder = str(tmp_path / "clf")
+    source, details = head_token_model(folder, "text-classification", "bert", "auto", {})
+    assert details["applied"] and details["module"] == "bert.encoder.layer.5.attention"
+    paths = {
+        "full": export_onnx(folder, tmp_path / "full", "text-classification", model_type="bert"),
+        "cut": export_onnx(folder, tmp_path / "cut", "text-classification", model_type="bert", model=source),
+    }
+    feed = dict(minilm_tokenizer(demo_sentences(), padding=True, return_tensors="np"))
+    logits = {name: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+              for name, path in paths.items()}
+    np.testing.assert_allclose(logits["cut"], logits["full"], atol=1e-4)
+    assert (np.argmax(logits["cut"], -1) == np.argmax(logits["full"], -1)).all()
