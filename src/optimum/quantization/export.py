@@ -52,12 +52,12 @@ def head_token_model(model_path: str, task: str, model_type: str, setting, hub_k
         return None, None
     from optimum.exporters.tasks import TasksManager
 
-    from .head_token import keep_head_token_only, supports_head_token_only
+    from .head_token import keep_head_token_only, unregistered_reason
 
     if task != "text-classification":
         raise ConfigError(f"head_token_only=True is for text classifiers; task {task!r} reads every token's output.")
-    if not supports_head_token_only(model_type):
-        reason = f"no first-token layer is registered for model type {model_type!r}"
+    reason = unregistered_reason(model_type)  # checked before loading the model
+    if reason is not None:
         if setting is True:
             raise ConfigError(f"head_token_only=True: {reason}.")
         return None, {"applied": False, "reason": reason}

@@ -92,8 +92,11 @@ register_head_token_layer(
 )
 
 
-def supports_head_token_only(model_type: str) -> bool:
-    return model_type in HEAD_TOKEN_LAYOUTS
+def unregistered_reason(model_type: str) -> str | None:
+    """Why a model type cannot be cut (no layout registered), or None when it can be tried."""
+    if model_type in HEAD_TOKEN_LAYOUTS:
+        return None
+    return f"no first-token layer registered for model type {model_type!r}"
 
 
 def _test_batch(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -111,9 +114,10 @@ def keep_head_token_only(model: nn.Module) -> dict:
     Returns what happened, for the recipe: {"applied": bool, "reason" or "module" (the module whose forward changed)
     and "max_logit_difference" (on the test batch)}."""
     model_type = model.config.model_type
-    layout = HEAD_TOKEN_LAYOUTS.get(model_type)
-    if layout is None:
-        return {"applied": False, "reason": f"no first-token layer registered for model type {model_type!r}"}
+    reason = unregistered_reason(model_type)
+    if reason is not None:
+        return {"applied": False, "reason": reason}
+    layout = HEAD_TOKEN_LAYOUTS[model_type]
     try:  # a model of a registered type laid out otherwise (remote code, an odd config) is exported whole
         target = layout.module(model)
         batch = _test_batch(model)
