@@ -43,6 +43,17 @@ def test_explicit_quantize_subcommand_and_torch_backend(tiny_dir, tmp_path):
     assert QuantizationRecipe.load(out).backend == "torch"
 
 
+def test_output_into_a_folder_with_other_files_keeps_them(tiny_dir, tmp_path):
+    out = tmp_path / "project"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "train.csv").write_text("text,label\n")
+    (out / "train.py").write_text("print('hi')\n")
+    assert main(["--model", str(tiny_dir("text-classification")), "--task", "text-classification",
+                 "--output", str(out), "--no-compare"]) == 0
+    assert (out / "data" / "train.csv").read_text() == "text,label\n" and (out / "train.py").read_text() == "print('hi')\n"
+    assert (out / "quantization_config.json").is_file()
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -17,6 +17,10 @@ class ModelNotFoundError(QuantizationError, OSError):
     """The model folder or repository is missing or unreadable."""
 
 
+class ModelFileError(QuantizationError, OSError):
+    """A model file is damaged, truncated or missing, or does not match the recipe saved with it."""
+
+
 class UnsupportedModelError(QuantizationError, ValueError):
     """The model type or task is not supported by the exporter or the backend."""
 

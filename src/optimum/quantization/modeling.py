@@ -116,6 +116,7 @@ def load_or_quantize(
             raise ConfigError(f"{where} was saved by backend {recipe.backend!r}, not {backend!r}.")
         if recipe.task != task:
             raise ConfigError(f"{where} holds a {recipe.task!r} model; load it with the class for that task.")
+        recipe.check_files(folder)  # refuses a folder whose files are not the ones its recipe was saved with
         model = get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
         # Keep the saved tokenizer with the model, so saving a reloaded model writes a complete folder again.
         saved_tokenizer = tokenizer or _load_tokenizer(str(folder), {}, required=False)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
+import difflib
+import inspect
 import logging
+import re
 import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -13,8 +16,7 @@ from typing import Any, ClassVar, Sequence
 from ..configuration import QuantConfig
 from ..errors import ConfigError, UnsupportedModelError
 from ..export import head_token_model
-from ..files import atomic_output_dir
-from ..recipe import QuantizationRecipe
+from ..recipe import QuantizationRecipe, quantized_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     supported_configs: ClassVar[tuple[type, ...]] = ()
     model_classes: ClassVar[dict[str, type]] = {}
+    # from_pretrained keyword arguments the backend takes itself, beside those of its runtime's model class.
+    backend_load_kwargs: ClassVar[tuple[str, ...]] = ()
 
     def model_class(self, task: str) -> type:
         if task not in self.model_classes:
@@ -63,6 +67,11 @@ class Backend(abc.ABC):
                 f"Backend {self.name!r} does not support {type(config).__name__}; it supports "
                 f"{', '.join(c.__name__ for c in self.supported_configs)}."
             )
+
+    def accepted_load_kwargs(self, task: str) -> set[str]:
+        """The from_pretrained keyword arguments this backend passes on for `task` (to its runtime's model class)
+        or takes itself (`backend_load_kwargs`)."""
+        return keyword_parameters(runtime_model_class(self.model_class(task))) | set(self.backend_load_kwargs)
 
     @abc.abstractmethod
     def quantize(self, request: QuantizationRequest):
@@ -91,14 +100,14 @@ class QuantizedModelMixin:
         super().save_pretrained(directory)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """Write the model, its config, its tokenizer and `quantization_config.json`.
+        """Write the model, its config, its tokenizer and `quantization_config.json` into `save_directory`.
 
-        The folder is built beside `save_directory` and moved into place at the end, so a failure
-        leaves an existing folder as it was. With `push_to_hub=True` the saved folder is then published
-        (transformers' convention: `repo_id` defaults to the folder's name; `private`, `token`,
-        `commit_message`, `revision` as in `push_to_hub`).
+        As transformers does, only these files are written or replaced, each atomically, and every other file in
+        the folder is left in place; a failure leaves the folder as it was (`recipe.quantized_folder`). With
+        `push_to_hub=True` the saved model is then published (transformers' convention: `repo_id` defaults to the
+        folder's name; `private`, `token`, `commit_message`, `revision` as in `push_to_hub`).
         """
-        with atomic_output_dir(save_directory) as staging:
+        with quantized_folder(save_directory) as staging:
             self._save_model_files(staging)
             for preprocessor in self.quantization_preprocessors:
                 preprocessor.save_pretrained(staging)
@@ -107,7 +116,8 @@ class QuantizedModelMixin:
             from ..hub import push_folder_to_hub  # huggingface_hub is only imported by those who publish
 
             repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
-            push_folder_to_hub(save_directory, repo_id, **{k: kwargs[k] for k in HUB_PUSH_OPTIONS if k in kwargs})
+            options = {k: kwargs[k] for k in HUB_PUSH_OPTIONS if k in kwargs}
+            push_folder_to_hub(save_directory, repo_id, only_model_files=True, **options)
         return str(save_directory)
 
     def push_to_hub(
@@ -137,6 +147,34 @@ def runtime_model_class(quant_class: type) -> type:
     """The runtime's own model class (optimum's ORTModelFor<Task>, OVModelFor<Task>) that `quant_class` extends."""
     # Our own bases are mixins (the recipe, IO-binding buffers); the runtime's class is the one from elsewhere.
     return next(base for base in quant_class.__bases__ if not base.__module__.startswith("optimum.quantization."))
+
+
+def keyword_parameters(cls: type) -> set[str]:
+    """The keyword arguments that loading `cls` takes: the named parameters of `from_pretrained`, `_from_pretrained`
+    and `__init__` of `cls` and its bases, and the names those methods read from their `**kwargs`."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        for method in ("from_pretrained", "_from_pretrained", "__init__"):
+            if method not in vars(klass):
+                continue
+            function = getattr(klass, method)
+            try:
+                parameters = inspect.signature(function).parameters.values()
+                source = inspect.getsource(function)
+            except (TypeError, ValueError, OSError):  # a builtin, or no source shipped
+                continue
+            names.update(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+            names.update(re.findall(r"\bkwargs\.(?:get|pop)\(\s*[\"'](\w+)[\"']", source))
+    return names - {"self", "cls"}
+
+
+def check_keyword_arguments(given, accepted, what: str) -> None:
+    """ConfigError for the first name in `given` that is not in `accepted`, with the closest accepted name."""
+    for name in given:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, sorted(accepted), n=1)
+            fix = f"did you mean `{close[0]}`?" if close else f"valid ones are {', '.join(sorted(accepted))}."
+            raise ConfigError(f"Unknown keyword argument `{name}` for {what}: {fix}")
 
 
 def matches_any(name: str, patterns: Sequence[str]) -> str | None:

@@ -23,12 +23,15 @@ def _in_repo(path_in_repo: str, relative: str) -> str:
     return f"{path_in_repo.strip('/')}/{relative}" if path_in_repo.strip("/") else relative
 
 
-def folder_additions(folder: Path, path_in_repo: str = "") -> list[CommitOperationAdd]:
-    """Every file of `folder`, subfolders included, except its README.md (the card is added separately).
+def folder_additions(folder: Path, path_in_repo: str = "", only=None) -> list[CommitOperationAdd]:
+    """Every file of `folder` (or those named in `only`), subfolders included, except its README.md (the card is
+    added separately).
 
     The filter is huggingface_hub's own, with the patterns `upload_folder` ignores (.git, .cache/huggingface).
     """
     files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    if only is not None:
+        files = {rel: path for rel, path in files.items() if rel in set(only)}
     kept = filter_repo_objects(files, ignore_patterns=[*DEFAULT_IGNORE_PATTERNS, CARD_FILE])
     return [CommitOperationAdd(path_in_repo=_in_repo(path_in_repo, rel), path_or_fileobj=files[rel]) for rel in kept]
 
@@ -52,8 +55,12 @@ def push_folder_to_hub(
     commit_message: str | None = None,
     revision: str | None = None,
     path_in_repo: str = "",
+    only_model_files: bool = False,
 ) -> CommitInfo:
     """Publish a folder written by `save_pretrained` of a quantized model as one commit, with its model card.
+
+    With `only_model_files=True` only the files the save wrote (listed in the recipe) are published, as
+    `save_pretrained(..., push_to_hub=True)` does, so other files in the folder stay local.
 
     Creates the repository (and the branch `revision`) when missing. The card is generated from the folder's
     `quantization_config.json` and committed as README.md beside the model; a README.md already in the folder
@@ -75,7 +82,7 @@ def push_folder_to_hub(
     token = _resolve_token(token)
     card = model_card_for_folder(folder, recipe, repo_id, revision=revision, subfolder=path_in_repo.strip("/"))
     operations = [
-        *folder_additions(folder, path_in_repo),
+        *folder_additions(folder, path_in_repo, only=recipe.owned_files() if only_model_files else None),
         CommitOperationAdd(path_in_repo=_in_repo(path_in_repo, CARD_FILE), path_or_fileobj=str(card).encode("utf-8")),
     ]
     method = method_name(recipe) or "not quantized"

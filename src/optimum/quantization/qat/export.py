@@ -20,9 +20,8 @@ from ..configuration import QATConfig
 from ..errors import ConfigError, UnsupportedModelError, unknown_name
 from ..evaluation.census import int8_op_counts, openvino_quantized_counts
 from ..export import EXPORT_TASKS
-from ..files import atomic_output_dir
 from ..hardware import cpu_info
-from ..recipe import QuantizationRecipe
+from ..recipe import QuantizationRecipe, quantized_folder
 from . import nncf as qat_nncf
 from .prepare import is_prepared, quantizer_counts, uncalibrated
 
@@ -116,12 +115,15 @@ WRITERS = {"onnxruntime": _write_onnx, "tensorrt": _write_onnx, "openvino": _wri
 
 def save_quantized(model, save_directory, backend: str, config: QATConfig, *, task: str | None = None,
                    tokenizer=None, source_model: str = "", metrics: dict | None = None) -> Path:
-    """Export the trained fake-quant / NNCF model for `backend` into `save_directory` (written atomically)."""
+    """Export the trained fake-quant / NNCF model for `backend` into `save_directory`.
+
+    Only the model's files are written, each atomically; other files there (a Trainer's checkpoints) stay.
+    """
     if backend not in WRITERS:
         raise unknown_name("QAT export backend", backend, WRITERS)
     _check_model(model, config)
     task = task or infer_task(model)
-    with atomic_output_dir(save_directory) as staging:
+    with quantized_folder(save_directory) as staging:
         details = WRITERS[backend](model, staging, task, tokenizer, config, backend)
         if config.method == "fake_quant":
             details["quantizers"] = quantizer_counts(model)
