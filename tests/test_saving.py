@@ -175,3 +175,50 @@ def test_a_recipe_naming_a_search_config_is_refused(tmp_path):
     (tmp_path / RECIPE_FILE).write_text(json.dumps(recipe))
     with pytest.raises(ConfigError, match="cannot describe a saved model"):
         QuantizationRecipe.load(tmp_path)
+
+
+KILLED_SAVE = """
+import sys, time
+from pathlib import Path
+from optimum.quantization import QuantModelForSequenceClassification, files
+
+source, target, marker = map(Path, sys.argv[1:])
+model = QuantModelForSequenceClassification.from_pretrained(source)
+place = files._place_file
+
+def place_then_hang(src, dst):
+    place(src, dst)
+    marker.write_text(dst.name)
+    time.sleep(120)
+
+files._place_file = place_then_hang
+model.save_pretrained(target)
+"""
+
+
+def test_a_killed_save_leaves_no_staging_folder_behind(dynamic_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source, parent, marker = tmp_path / "source", tmp_path / "parent", tmp_path / "marker"
+    dynamic_model.save_pretrained(source)
+    target = parent / "out"
+    target.mkdir(parents=True)
+    user = _user_files(target)
+    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(source), str(target), str(marker)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the save never started placing files"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sorted(p.name for p in parent.iterdir()) == ["out"]
+    assert _contents(target, user) == user
+    ours = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} - set(user)
+    assert ours == {marker.read_text()}  # the one file placed before the kill, nothing half-written or staged
