@@ -90,7 +90,7 @@ class QuantizationRecipe:
         data["quantization"] = None if quantization is None else config_from_dict(quantization)
         if config_handler(data["quantization"]) is not None:
             raise ConfigError(
-                f"{RECIPE_FILE} names a {type(data['quantization']).__name__}, a search over recipes, which cannot "
+                f"{RECIPE_FILE} names {type(data['quantization']).__name__}, a search over recipes, which cannot "
                 "describe a saved model: a saved model's recipe names the config it was quantized with."
             )
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -110,13 +110,18 @@ class QuantizationRecipe:
     def load(cls, directory: str | Path) -> "QuantizationRecipe":
         path = Path(directory) / RECIPE_FILE
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path} is not valid JSON ({err}): save the model again.") from err
         except UnicodeDecodeError as err:
             raise ConfigError(f"{path} is not UTF-8 text ({err.reason}): save the model again.") from err
         except PermissionError as err:
             raise ModelFileError(f"{path} is not readable: check its permissions.") from err
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:  # name the file, not just the file name
+            message = str(err)
+            raise ConfigError(message.replace(RECIPE_FILE, str(path), 1) if message.startswith(RECIPE_FILE) else message) from None
 
     def check_files(self, directory: str | Path) -> None:
         """Raise ModelFileError when a file the recipe lists is missing or differs from what was saved.
