@@ -74,6 +74,44 @@ def _save_onto_a_file(ctx: Context):
     return model.save_pretrained(ctx.tmp / "model.onnx")
 
 
+def _garbage_onnx_of_an_older_save(ctx: Context):
+    _edit_recipe(ctx, files={})  # folders saved before the recipe listed its files
+    (ctx.saved / "model.onnx").write_bytes(b"not an onnx graph")
+    return _load(ctx.saved)
+
+
+def _pickle_checkpoint(ctx: Context):
+    source = ctx.tmp / "checkpoint"
+    shutil.copytree(ctx.model, source)
+    (source / "model.safetensors").unlink()
+    (source / "pytorch_model.bin").write_bytes(b"\x80\x04not a tensor pickle")
+    return QuantModelForSequenceClassification.from_pretrained(source, quantize="dynamic")
+
+
+def _relative_folder_offline(ctx: Context):  # the suite runs with HF_HUB_OFFLINE=1 (conftest)
+    return QuantModelForSequenceClassification.from_pretrained("mydir", quantize="dynamic")
+
+
+def _input_too_long(ctx: Context):
+    from transformers import AutoTokenizer
+
+    model = _load(ctx.saved)
+    inputs = AutoTokenizer.from_pretrained(ctx.saved)(" ".join(["good"] * 300), return_tensors="pt")
+    return model(**inputs)
+
+
+def _latin1_calibration_file(ctx: Context):
+    path = ctx.tmp / "calibration.txt"
+    path.write_bytes("un film tr\xe8s r\xe9ussi\n".encode("latin-1"))
+    return QuantModelForSequenceClassification.from_pretrained(ctx.model, quantize="static", calibration_dataset=str(path))
+
+
+def _static(ctx: Context, calibration_dataset):
+    return QuantModelForSequenceClassification.from_pretrained(
+        ctx.model, quantize="static", calibration_dataset=calibration_dataset
+    )
+
+
 CASES = [
     BadInput("`backend=\"tensorflow\"`",
              lambda ctx: QuantModelForSequenceClassification.from_pretrained(ctx.model, backend="tensorflow"),
@@ -108,6 +146,25 @@ CASES = [
              lambda ctx: _load(_edit_recipe(ctx, quantization={"_type": "AutoQuantConfig", "_version": 1, "_data": {}})),
              errors.ConfigError),
     BadInput("`save_pretrained(path)` where `path` is a file", _save_onto_a_file, errors.ConfigError),
+    BadInput("a garbage `model.onnx` in a folder saved before recipes listed their files",
+             _garbage_onnx_of_an_older_save, errors.ModelFileError),
+    BadInput("a `pytorch_model.bin` that is not plain tensors, as the checkpoint to export", _pickle_checkpoint,
+             errors.ModelFileError),
+    BadInput("a relative folder name that does not exist, with `HF_HUB_OFFLINE=1`", _relative_folder_offline,
+             errors.ModelNotFoundError),
+    BadInput("an input longer than the model's position table", _input_too_long, errors.ConfigError),
+    BadInput("a calibration file that is not UTF-8", _latin1_calibration_file, errors.ConfigError),
+    BadInput("a misspelled keyword argument (`calibraton_dataset=`)",
+             lambda ctx: QuantModelForSequenceClassification.from_pretrained(ctx.model, calibraton_dataset=["a"]),
+             errors.ConfigError),
+    BadInput("`DynamicQuantConfig(per_channel=\"yes\")`",
+             lambda ctx: QuantModelForSequenceClassification.from_pretrained(
+                 ctx.model, quantize={"_type": "DynamicQuantConfig", "_version": 1, "_data": {"per_channel": "yes"}}),
+             errors.ConfigError),
+    BadInput("calibration texts given as bytes (`[b\"...\"]`)", lambda ctx: _static(ctx, [b"a good film"]),
+             errors.ConfigError),
+    BadInput("calibration rows that are neither texts, pairs nor question/context dicts",
+             lambda ctx: _static(ctx, [{"text": "a good film", "label": 1}]), errors.ConfigError),
 ]
 
 
@@ -125,7 +182,7 @@ def _run(case: BadInput, tmp_path: Path, model: Path, saved_model: Path) -> str:
     tmp.mkdir()
     saved = tmp_path / "saved"
     shutil.copytree(saved_model, saved)
-    with pytest.raises(errors.QuantizationError) as raised:
+    with pytest.raises(errors.QuantizationError) as raised, contextlib.chdir(tmp):
         case.call(Context(tmp=tmp, model=model, saved=saved))
     assert type(raised.value) is case.error, f"{case.what}: {type(raised.value).__name__}: {raised.value}"
     message = str(raised.value)

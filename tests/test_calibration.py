@@ -35,8 +35,10 @@ def test_from_list():
 
 
 def test_from_list_of_pairs_and_non_strings():
-    examples = load_calibration_examples([("q1", "c1"), 42, "text", ""])
-    assert examples == [("q1", "c1"), "42", "text"]
+    examples = load_calibration_examples([("q1", "c1"), "text", ""])
+    assert examples == [("q1", "c1"), "text"]
+    with pytest.raises(ConfigError, match=r"calibration_dataset\[1\] is 42: each example must be a text"):
+        load_calibration_examples([("q1", "c1"), 42, "text"])
 
 
 def test_from_txt_drops_blank_lines(tmp_path):
@@ -178,6 +180,41 @@ def test_empty_dataset():
 def test_unsupported_type():
     with pytest.raises(ConfigError, match="int"):
         load_calibration_examples(12)
+
+
+def test_qa_dicts_become_question_context_pairs():
+    rows = [{"question": "who was it ?", "context": "the model was"}, {"context": "a text", "question": "what ?", "id": 3}]
+    assert load_calibration_examples(rows) == [("who was it ?", "the model was"), ("what ?", "a text")]
+    assert load_calibration_examples([["who ?", "ctx"]]) == [("who ?", "ctx")]  # a pair read back from JSON
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        (b"first text", "calibration_dataset is bytes: decode it"),
+        ([b"first text"], r"calibration_dataset\[0\] is b'first text'"),
+        (["ok", {"q": "who ?", "c": "ctx"}], r"calibration_dataset\[1\] is dict with keys \['c', 'q'\]"),
+        ([("a", "b", "c")], r"calibration_dataset\[0\]"),
+        ([None], r"calibration_dataset\[0\] is None"),
+    ],
+)
+def test_other_example_shapes_are_refused(source, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_calibration_examples(source)
+    assert "question" in str(info.value) or "decode" in str(info.value)  # says what is expected
+
+
+def test_whitespace_only_texts_and_pairs_are_left_out():
+    assert load_calibration_examples(["  ", "\t\n", "text", ("  ", "ctx"), ("q", "c")]) == ["text", ("q", "c")]
+    with pytest.raises(ConfigError, match="holds no examples"):
+        load_calibration_examples([" ", "\n"])
+
+
+def test_qa_dicts_tokenize_as_pairs(tokenizer):
+    examples = load_calibration_examples([{"question": "who was it ?", "context": "the model was"}])
+    [batch] = tokenize_examples(examples, tokenizer, sequence_length=12,
+                                input_names=["input_ids", "attention_mask", "token_type_ids"])
+    assert 1 in batch["token_type_ids"][0].tolist()  # the context is the second segment
 
 
 # --------------------------------------------------------------------------------------------- tokenization

@@ -516,3 +516,57 @@ def test_recipe_ignores_unknown_keys():
 
 def test_find_recipe_none_without_file(tmp_path):
     assert find_recipe(tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------- field types
+
+def _typed_fields():
+    import dataclasses
+    import typing
+
+    for cls in (CalibrationConfig, *configuration.CONFIG_TYPES.values()):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] is not typing.Any:
+                yield pytest.param(cls, f.name, id=f"{cls.__name__}.{f.name}")
+
+
+@pytest.mark.parametrize("cls,name", list(_typed_fields()))
+def test_every_field_refuses_a_value_of_another_type(cls, name):
+    with pytest.raises(ConfigError, match=f"`{name}`"):
+        cls(**{name: object()})
+
+
+@pytest.mark.parametrize(
+    "cls,name,value",
+    [
+        (DynamicQuantConfig, "per_channel", "yes"),
+        (StaticQuantConfig, "per_channel", "no"),
+        (DynamicQuantConfig, "keep_default_exclusions", "false"),
+        (DynamicQuantConfig, "optimize_graph", 1),
+        (configuration.QATConfig, "learn_ranges", "yes"),
+        (AutoQuantConfig, "show_progress", "yes"),
+        (CalibrationConfig, "num_samples", True),
+        (CalibrationConfig, "num_samples", "128"),
+        (CalibrationConfig, "percentile", "99.9"),
+        (DynamicQuantConfig, "smoothing_samples", 64.0),
+        (AutoQuantConfig, "seed", "0"),
+        (configuration.QATConfig, "range_learning_rate", "0.01"),
+        (DynamicQuantConfig, "reduce_range", 1),
+        (DynamicQuantConfig, "exclude", ["classifier", 3]),
+        (DynamicQuantConfig, "smoothing_without_data", 0),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_field_and_the_expected_shape(cls, name, value):
+    with pytest.raises(ConfigError, match=f"`{name}`.* must be ") as info:
+        cls(**{name: value})
+    assert repr(value) in str(info.value)
+
+
+def test_matching_types_still_load():
+    import numpy as np
+
+    config = CalibrationConfig(percentile=99, num_samples=np.int64(16))  # an int where a float goes; numpy ints
+    assert config.num_samples == 16
+    assert DynamicQuantConfig(exclude=("classifier",)).exclude == ["classifier"]
+    assert configuration.QATConfig(quantize_residual_adds=None).quantize_residual_adds is None

@@ -254,6 +254,26 @@ def test_card_of_a_static_request_kept_in_fp32_says_fp32_and_why():
     assert "int8" in build_model_card(int8, "org/qa").data.tags
 
 
+def test_card_shows_what_precision_auto_measured_and_stored():
+    """A measured choice is on the card: the form stored and why; INT8 weights are not called static INT8."""
+    from optimum.quantization import StaticQuantConfig
+
+    reason = "measured fastest here (int8-weights 33.86 ms, fp32 34.48 ms, int8 42.79 ms)"
+    stored = {"requested": "auto", "chosen": "int8-weights", "reason": reason}
+    recipe = QuantizationRecipe(backend="openvino", task="question-answering", quantization=StaticQuantConfig(),
+                                details={"precision": stored})
+    card = build_model_card(recipe, "org/qa")
+    assert f'`precision="auto"` timed static INT8, INT8 weights and FP32 on the quantizing CPU and stored ' \
+           f'**int8-weights**: {reason}.' in card.text
+    assert "weightonly-quantization" in card.data.tags and "static-quantization" not in card.data.tags
+    assert "INT8 (weightonly)" in card.text
+    # A plain static request (precision "int8", the default) stores static INT8 and says nothing about measuring.
+    static = dataclasses.replace(
+        recipe, details={"precision": {"requested": "int8", "chosen": "int8", "reason": "requested"}})
+    card = build_model_card(static, "org/qa")
+    assert "static-quantization" in card.data.tags and "precision=" not in card.text.split("<details>")[0]
+
+
 def test_subfolders_are_published_and_a_user_written_readme_is_kept_with_our_metadata(hub, ort_model, tmp_path):
     folder = tmp_path / "saved"
     ort_model.save_pretrained(folder)

@@ -66,22 +66,46 @@ def test_qat_config_round_trips_and_validates():
             QATConfig(**bad)
 
 
+def test_qat_default_recipe_keeps_residual_adds_fp32_and_tensorrt_is_one_named_option():
+    """The default is the recipe that measured best after QAT (residual adds FP32); "tensorrt" quantizes them."""
+    assert QATConfig().recipe == "accurate" and QATConfig().residual_adds_quantized is False
+    assert QATConfig(recipe="tensorrt").residual_adds_quantized is True
+    # A field given explicitly wins over the recipe, either way.
+    assert QATConfig(quantize_residual_adds=True).residual_adds_quantized is True
+    assert QATConfig(recipe="tensorrt", quantize_residual_adds=False).residual_adds_quantized is False
+    for config in (QATConfig(recipe="tensorrt"), QATConfig(recipe="tensorrt", quantize_residual_adds=False)):
+        reloaded = config_from_dict(json.loads(config.to_json_string()))
+        assert reloaded == config and reloaded.residual_adds_quantized == config.residual_adds_quantized
+    with pytest.raises(ConfigError, match="Valid QAT recipes: 'accurate', 'tensorrt'"):
+        QATConfig(recipe="qdqbert")
+    with pytest.raises(ConfigError, match="`recipe`.*method='nncf'"):
+        QATConfig(method="nncf", recipe="tensorrt")
+    with pytest.raises(ConfigError, match="quantize_residual_adds"):
+        QATConfig(quantize_residual_adds="yes")
+    # A config saved before `recipe` existed named its residual adds explicitly and loads as it was.
+    old = QATConfig(quantize_residual_adds=True).to_dict()
+    old["_version"], old["_data"] = 1, {k: v for k, v in old["_data"].items() if k != "recipe"}
+    assert config_from_dict(old).residual_adds_quantized is True
+
+
 # --------------------------------------------------------------------------------------------- insertion
 
 
-# Per 2-layer model: every linear layer except the excluded head gets an input and a per-channel weight quantizer;
-# each attention gets 4 (q, k, probabilities, v); each residual add 2 (both inputs), 2 adds per layer.
+# Per 2-layer model, recipe="tensorrt": every linear layer except the excluded head gets an input and a per-channel
+# weight quantizer; each attention gets 4 (q, k, probabilities, v); each residual add 2 (both inputs), 2 adds per layer.
 EXPECTED_COUNTS = {
     "bert": {"linear_input": 13, "weight": 13, "matmul_input": 8, "residual_add": 8},  # 6 linears/layer + pooler
     "roberta": {"linear_input": 12, "weight": 12, "matmul_input": 8, "residual_add": 8},  # head (classifier.*) excluded
     "distilbert": {"linear_input": 12, "weight": 12, "matmul_input": 8, "residual_add": 8},  # pre_classifier excluded
     "gpt2": {"linear_input": 8, "weight": 8, "matmul_input": 8, "residual_add": 8},  # c_attn, c_proj, c_fc, mlp.c_proj
 }
+# What the default recipe ("accurate") inserts in the 2-layer BERT: the same, residual adds left in FP32.
+DEFAULT_BERT_COUNTS = {name: count for name, count in EXPECTED_COUNTS["bert"].items() if name != "residual_add"}
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED_COUNTS))
 def test_quantizers_inserted_where_the_recipe_says(arch):
-    model = prepared(arch)
+    model = prepared(arch, QATConfig(recipe="tensorrt"))
     assert quantizer_counts(model) == EXPECTED_COUNTS[arch]
     names = [name for name, _ in quantizers(model)]
     assert not any(n.startswith(("classifier.out_proj", "score", "pre_classifier")) for n in names), names
@@ -89,9 +113,13 @@ def test_quantizers_inserted_where_the_recipe_says(arch):
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_attention_implementations_get_the_same_quantizers(attn):
-    model = prepared("gpt2", attn_implementation=attn)
+    model = prepared("gpt2", QATConfig(recipe="tensorrt"), attn_implementation=attn)
     assert model.config._attn_implementation == attn
     assert quantizer_counts(model) == EXPECTED_COUNTS["gpt2"]
+
+
+def test_default_recipe_quantizes_everything_but_the_residual_adds():
+    assert quantizer_counts(prepared("bert")) == DEFAULT_BERT_COUNTS
 
 
 def test_switches_and_exclusions_remove_quantizers():
@@ -102,7 +130,7 @@ def test_switches_and_exclusions_remove_quantizers():
 
 @pytest.mark.parametrize("calibrator", ["max", "percentile", "entropy", "mse"])
 def test_calibration_sets_finite_nonzero_scales(calibrator):
-    model = prepared("bert", QATConfig(calibrator=calibrator, num_bins=256))
+    model = prepared("bert", QATConfig(calibrator=calibrator, num_bins=256, recipe="tensorrt"))
     amaxes = [float(q.amax) for _, q in quantizers(model) if isinstance(q, ActivationQuantizer)]
     assert len(amaxes) == 13 + 8 + 8
     assert all(np.isfinite(a) and a > 0 for a in amaxes)
@@ -223,7 +251,7 @@ def _losses(trainer):
 def test_trainer_calibrates_then_training_reduces_the_loss(tmp_path):
     trainer = trainer_for(tmp_path)
     trainer.train()
-    assert quantizer_counts(trainer.model) == EXPECTED_COUNTS["bert"]
+    assert quantizer_counts(trainer.model) == DEFAULT_BERT_COUNTS
     losses = _losses(trainer)
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
     assert "eval_loss" in trainer.evaluate()
@@ -260,7 +288,7 @@ def test_distillation_trains_towards_a_frozen_fp32_teacher(tmp_path):
     assert teacher is not None and teacher is not trainer.model
     assert not any(True for _ in quantizers(teacher))  # the teacher is the FP32 model, no fake quant
     assert all(torch.equal(reference[k], v) for k, v in teacher.state_dict().items())  # and frozen
-    assert quantizer_counts(trainer.model) == EXPECTED_COUNTS["bert"]
+    assert quantizer_counts(trainer.model) == DEFAULT_BERT_COUNTS
     # With weight 1 the loss is the KL to the teacher alone: the fake-quant student starts close to its FP32
     # weights, so it is far below the task's cross-entropy (~ln 2 for this untrained 2-class model).
     first = _losses(trainer)[0]
@@ -288,7 +316,7 @@ def test_resume_restores_quantizer_ranges_from_the_checkpoint(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-3"
     state = load_file(checkpoint / "model.safetensors")
     amax_keys = [k for k in state if k.endswith(".amax")]
-    assert len(amax_keys) == 13 + 8 + 8
+    assert len(amax_keys) == 13 + 8  # linear inputs and attention matmul inputs; residual adds stay FP32
     for key in amax_keys:  # mark the saved ranges: a fresh calibration could not produce these
         state[key] = state[key] * 3.0
     save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
@@ -317,12 +345,13 @@ def _ort_logits(folder: Path, batch):
 def test_qdq_onnx_runs_on_ort_and_matches_the_torch_fake_quant_model(arch, tmp_path):
     from optimum.quantization.qat.export import save_quantized
 
-    model = prepared(arch)
+    config = QATConfig(recipe="tensorrt")  # every site, residual adds included, goes through the export
+    model = prepared(arch, config)
     batch = batches(1, seed=5)[0]
     with torch.no_grad():
         expected = model(**batch).logits.numpy()
         model.qat_state  # noqa: B018 (still prepared)
-    save_quantized(model, tmp_path / "ort", "onnxruntime", QATConfig())
+    save_quantized(model, tmp_path / "ort", "onnxruntime", config)
     got = _ort_logits(tmp_path / "ort", batch)
     assert np.abs(got - expected).max() <= EXPORT_RTOL * np.abs(expected).max()
     recipe = json.loads((tmp_path / "ort" / "quantization_config.json").read_text())
@@ -476,12 +505,12 @@ def test_nncf_qat_trains_and_exports_qdq_onnx(tmp_path):
 LAUNCHED_SCRIPT = '''
 import sys, torch, transformers
 sys.path.insert(0, {tests!r})
-from test_qat import trainer_for, quantizer_counts, EXPECTED_COUNTS
+from test_qat import trainer_for, quantizer_counts, DEFAULT_BERT_COUNTS
 from pathlib import Path
 trainer = trainer_for(Path({out!r}), max_steps=4, save_strategy="steps", save_steps=4, ddp_backend="gloo")
 trainer.train()
 assert trainer.args.world_size == 2, trainer.args.world_size
-assert quantizer_counts(trainer.accelerator.unwrap_model(trainer.model)) == EXPECTED_COUNTS["bert"]
+assert quantizer_counts(trainer.accelerator.unwrap_model(trainer.model)) == DEFAULT_BERT_COUNTS
 trainer.save_quantized({out!r} + "/exported")
 print("RANK", trainer.args.process_index, "DONE", trainer.state.global_step)
 '''
@@ -504,3 +533,16 @@ def test_two_process_accelerate_launch_completes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("DONE 4") == 2, result.stdout[-2000:]
     assert (tmp_path / "exported" / "model.onnx").is_file() and (tmp_path / "run" / "checkpoint-4").is_dir()
+
+
+def test_save_quantized_into_the_trainers_output_dir_keeps_its_checkpoints(tmp_path):
+    from optimum.quantization.qat.export import save_quantized
+
+    output_dir = tmp_path / "trainer-output"
+    (output_dir / "checkpoint-500").mkdir(parents=True)
+    (output_dir / "checkpoint-500" / "trainer_state.json").write_text('{"global_step": 500}')
+    (output_dir / "training_args.bin").write_bytes(b"args")
+    save_quantized(prepared("bert"), output_dir, "onnxruntime", QATConfig())
+    assert (output_dir / "checkpoint-500" / "trainer_state.json").read_text() == '{"global_step": 500}'
+    assert (output_dir / "training_args.bin").read_bytes() == b"args"
+    assert QuantModelForSequenceClassification.from_pretrained(output_dir).quantization_recipe.backend == "onnxruntime"

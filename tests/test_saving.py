@@ -222,3 +222,13 @@ def test_a_killed_save_leaves_no_staging_folder_behind(dynamic_model, tmp_path):
     assert _contents(target, user) == user
     ours = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} - set(user)
     assert ours == {marker.read_text()}  # the one file placed before the kill, nothing half-written or staged
+    # The killed process's staging folder (in the system's temporary folder) goes with the next save.
+    import tempfile
+
+    from optimum.quantization.files import STAGING_PREFIX
+
+    left = list(Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}{process.pid}-*"))
+    assert left, "the killed save had a staging folder"
+    dynamic_model.save_pretrained(target)
+    assert not any(folder.exists() for folder in left)
+    assert _contents(target, user) == user

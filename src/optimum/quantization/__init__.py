@@ -33,6 +33,7 @@ _EXPORTS = {
     "ConfigError": "errors",
     "BackendUnavailableError": "errors",
     "ModelNotFoundError": "errors",
+    "ModelFileError": "errors",
     "UnsupportedModelError": "errors",
     "HubError": "errors",
     "HubAuthenticationError": "errors",

@@ -1,14 +1,15 @@
 """One calibration contract: whatever the user passes becomes a list of tokenized, fixed-shape examples.
 
-Accepted sources: a list of strings (or of (text, text_pair) tuples), a `datasets.Dataset`, a path to a
-.txt (one example per line), .csv/.tsv or .json/.jsonl file, or the name of a dataset `datasets` can load
-locally. Backends adapt the result to their own reader (ORT CalibrationDataReader, nncf.Dataset, ...).
+Accepted sources: a list of strings, of (text, text_pair) tuples or of {"question": ..., "context": ...} dicts
+(extractive QA), a `datasets.Dataset`, a path to a .txt (one example per line), .csv/.tsv or .json/.jsonl file, or
+the name of a dataset `datasets` can load locally. Blank (whitespace-only) texts are left out. Backends adapt the
+result to their own reader (ORT CalibrationDataReader, nncf.Dataset, ...).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 from .errors import ConfigError
 
@@ -17,6 +18,23 @@ Example = Union[str, tuple[str, str]]
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "content", "review", "document", "prompt")
 PAIR_COLUMNS = (("question", "context"), ("sentence1", "sentence2"), ("premise", "hypothesis"))
 _FILE_LOADERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+EXPECTED_EXAMPLE = "a text, a (text, text_pair) tuple or a {'question': ..., 'context': ...} dict"
+
+
+def _example(item, index: int) -> Example:
+    """One calibration example given in a list, in one of its accepted shapes; ConfigError for any other."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping) and {"question", "context"} <= set(item):
+        item = (item["question"], item["context"])
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(part, str) for part in item):
+        return tuple(item)
+    shown = f"dict with keys {sorted(map(str, item))}" if isinstance(item, Mapping) else repr(item)[:60]
+    raise ConfigError(f"calibration_dataset[{index}] is {shown}: each example must be {EXPECTED_EXAMPLE}.")
+
+
+def _is_blank(example: Example) -> bool:
+    return not all(part.strip() for part in ((example,) if isinstance(example, str) else example))
 
 
 def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
@@ -37,8 +55,38 @@ def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
     )
 
 
+def check_utf8(path: Path) -> None:
+    """ConfigError naming `path` unless it is a readable UTF-8 text file, the encoding data files must have."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes of the file before `block`
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as err:  # err.start counts from the bytes held over from the last block
+                    held = len(err.object) - len(block)
+                    raise _not_utf8(path, err.object[err.start], offset - held + err.start) from None
+                offset += len(block)
+        decoder.decode(b"", final=True)
+    except PermissionError:
+        raise ConfigError(f"{path} is not readable (permission denied): check its permissions.") from None
+    except UnicodeDecodeError as err:  # the file ends inside a multi-byte character
+        raise _not_utf8(path, err.object[err.start], offset - len(err.object) + err.start) from None
+
+
+def _not_utf8(path: Path, byte: int, offset: int) -> ConfigError:
+    return ConfigError(
+        f"{path} is not UTF-8 text (byte 0x{byte:02x} at offset {offset}): save it in the UTF-8 encoding, e.g. "
+        f"iconv -f latin1 -t utf-8 {Path(path).name} > {Path(path).stem}.utf8{Path(path).suffix} if it is Latin-1."
+    )
+
+
 def read_text_lines(path: Path) -> list[str]:
     """The non-blank lines of a UTF-8 text file, stripped: one example per line."""
+    check_utf8(path)
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -47,6 +95,8 @@ def load_dataset_source(source: str, split: str | None = None, what: str = "cali
     import datasets
 
     path = Path(source)
+    if path.suffix.lower() in _FILE_LOADERS and path.is_file():
+        check_utf8(path)  # datasets would only report "An error occurred while generating the dataset"
     try:
         if path.suffix.lower() in _FILE_LOADERS:
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
@@ -77,13 +127,15 @@ def load_calibration_examples(
             examples = _examples_from_dataset(load_dataset_source(str(source), split), text_column)
     elif hasattr(source, "column_names"):
         examples = _examples_from_dataset(source, text_column)
+    elif isinstance(source, (bytes, bytearray)):
+        raise ConfigError("calibration_dataset is bytes: decode it to text first, or pass a list of texts or a file path.")
     elif isinstance(source, Sequence):
-        examples = [e if isinstance(e, tuple) else str(e) for e in source]
+        examples = [_example(item, index) for index, item in enumerate(source)]
     else:
         raise ConfigError(f"Unsupported calibration data of type {type(source).__name__}.")
-    examples = [e for e in examples if e]
+    examples = [e for e in examples if not _is_blank(e)]
     if not examples:
-        raise ConfigError("The calibration data holds no examples.")
+        raise ConfigError("The calibration data holds no examples (blank texts are left out).")
     return examples[:num_samples] if num_samples else examples
 
 

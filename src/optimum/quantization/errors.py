@@ -37,3 +37,15 @@ def unknown_name(kind: str, name: object, valid) -> ConfigError:
     """Build the error for an unknown name, listing the valid ones."""
     choices = ", ".join(repr(v) for v in sorted(valid))
     return ConfigError(f"Unknown {kind} {name!r}. Valid {kind}s: {choices}.")
+
+
+def damaged_file(file, reason: object) -> ModelFileError:
+    """Build the error for a model file its runtime cannot read: `reason` is shown on one line."""
+    lines = str(reason).strip().splitlines()
+    return ModelFileError(f"{file} is damaged or truncated ({lines[0] if lines else 'unreadable'}): save or download "
+                          "the model again.")
+
+
+def unreadable_file(file) -> ModelFileError:
+    """Build the error for a model file the process may not read."""
+    return ModelFileError(f"{file} is not readable (permission denied): check its permissions.")

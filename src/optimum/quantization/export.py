@@ -6,7 +6,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from .errors import ConfigError, UnsupportedModelError
+from .errors import ConfigError, ModelFileError, UnsupportedModelError, damaged_file
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,50 @@ def check_exportable(model_type: str, task: str, exporter: str = "onnx") -> None
         raise UnsupportedModelError(
             f"Model type {model_type!r} supports the {shown} export tasks {sorted(tasks)}, not {EXPORT_TASKS[task]!r}."
         )
+
+
+def safetensors_file_problem(path: Path) -> ModelFileError | None:
+    """The error saying why `path` is not a readable safetensors file, or None when its header and data are whole."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError, or OSError
+        return damaged_file(path, err)
+    return None
+
+
+def checkpoint_problem(model_path: str) -> ModelFileError | None:
+    """The error saying why the weights of the local checkpoint folder `model_path` cannot be loaded, or None when
+    they load (or it is not a local folder). Asked after an export failed: it reads the weight files.
+
+    transformers reads `*.safetensors` when there are any, else `pytorch_model*.bin` with
+    `torch.load(weights_only=True)`, which loads tensors only and runs no code from the file; a .bin that needs
+    more than that is refused here as it is there."""
+    import zipfile
+
+    import torch
+
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return None
+    safetensors = sorted(folder.glob("*.safetensors"))
+    for path in safetensors:
+        problem = safetensors_file_problem(path)
+        if problem is not None:
+            return problem
+    for path in [] if safetensors else sorted(folder.glob("pytorch_model*.bin")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ...; torch's text suggests unsafe loading
+            return ModelFileError(
+                f"{path} does not load as plain tensors with torch.load(weights_only=True) ({type(err).__name__}): it "
+                "is damaged, or a pickle that holds more than tensors, which is not run here. Re-save the model as "
+                "safetensors where you trust its source (save_pretrained writes model.safetensors), or download its "
+                ".safetensors."
+            )
+    return None
 
 
 def head_token_model(model_path: str, task: str, model_type: str, setting, hub_kwargs: dict):

@@ -119,3 +119,36 @@ def publish_files(staging: str | os.PathLike, target: str | os.PathLike, *, last
             path.unlink()
     _fsync_dir(target)
     return written
+
+
+STAGING_PREFIX = "optimum-quantization-save-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Remove staging folders of saves whose process is gone (killed before it could clean up)."""
+    for folder in root.glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder():
+    """A fresh folder in the system's temporary folder, removed afterwards, also when the block fails.
+
+    Its name carries the process id, so the next save removes one that a killed process left behind.
+    """
+    root = Path(tempfile.gettempdir())
+    _remove_stale_staging(root)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root) as staging:
+        yield Path(staging)

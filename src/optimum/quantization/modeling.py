@@ -5,6 +5,9 @@ This module finds backends by name through the registry and imports none of them
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -12,14 +15,39 @@ from typing import ClassVar
 
 from .calibration import load_calibration_examples
 from .configuration import resolve_quant_config
-from .errors import ConfigError, ModelNotFoundError, UnsupportedModelError
+from .errors import ConfigError, ModelNotFoundError, QuantizationError, UnsupportedModelError
+from .export import checkpoint_problem
 from .recipe import RECIPE_FILE, find_recipe
 from .registry import config_handler, get_backend
-from .backends.base import QuantizationRequest
+from .backends.base import QuantizationRequest, check_keyword_arguments
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = "onnxruntime"
+
+# Logged when from_pretrained exports without quantizing (quantize=None, the default).
+FP32_NOTICE = (
+    "%s is exported in FP32, unquantized (quantize=None): pass quantize= a preset ('dynamic', 'static', 'w8', ...) "
+    "or a config to quantize it."
+)
+_fp32_notice = contextvars.ContextVar("fp32_notice", default=True)
+
+
+@contextlib.contextmanager
+def fp32_reference():
+    """Within this block FP32 exports are built on purpose, as the reference of a comparison: no FP32 notice."""
+    token = _fp32_notice.set(False)
+    try:
+        yield
+    finally:
+        _fp32_notice.reset(token)
+
+
+def _check_load_kwargs(load_kwargs: dict, accepted: set[str], backend: str) -> None:
+    """ConfigError for a keyword argument of from_pretrained that neither it nor the backend takes (a misspelling),
+    raised before any export."""
+    own = set(inspect.signature(load_or_quantize).parameters) - {"task", "model_id_or_path", "load_kwargs"}
+    check_keyword_arguments(load_kwargs, accepted | own, f"from_pretrained with backend {backend!r}")
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -30,17 +58,23 @@ def _looks_like_path(model_id: str) -> bool:
 def _local_folder(model_id: str | os.PathLike, subfolder: str) -> Path | None:
     """The local folder to read, None for a Hub id; raises for a path that is missing or not a folder."""
     path = Path(model_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelNotFoundError(f"{path} is a file; pass the folder that holds the model's config.json.")
-        folder = path / subfolder
-        if not (folder / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{folder} holds no config.json: pass a folder written by save_pretrained (transformers or ours)."
-            )
-        if not os.access(folder / "config.json", os.R_OK):
-            raise ModelNotFoundError(f"{folder / 'config.json'} is not readable: check its permissions.")
-        return folder
+    try:
+        if path.exists():
+            if not path.is_dir():
+                raise ModelNotFoundError(f"{path} is a file; pass the folder that holds the model's config.json.")
+            folder = path / subfolder
+            if not (folder / "config.json").is_file():
+                raise ModelNotFoundError(
+                    f"{folder} holds no config.json: pass a folder written by save_pretrained (transformers or ours)."
+                )
+            if not os.access(folder / "config.json", os.R_OK):
+                raise ModelNotFoundError(f"{folder / 'config.json'} is not readable: check its permissions.")
+            return folder
+    except PermissionError as err:  # a folder on the way that this process may not open or list
+        raise ModelNotFoundError(
+            f"{err.filename or path} is not readable (permission denied): check the permissions of {path} and of the "
+            "folders above it."
+        ) from err
     if isinstance(model_id, os.PathLike) or _looks_like_path(str(model_id)):
         raise ModelNotFoundError(f"Model folder {path} does not exist.")
     return None
@@ -62,9 +96,27 @@ def _load_model_config(model_id: str, hub_kwargs: dict):
     except ValueError as err:  # unrecognised model_type
         raise UnsupportedModelError(f"transformers does not recognise the model in {model_id}: {err}") from err
     except OSError as err:
+        if not Path(model_id).expanduser().exists():  # a Hub id, or a relative path that names no folder here
+            raise _not_found(model_id, err) from err
         raise ModelNotFoundError(
             f"Could not load {model_id!r}: {err}. Pass a local folder, or a Hub id when the Hub is reachable."
         ) from err
+
+
+def _not_found(model_id: str, err: Exception) -> ModelNotFoundError:
+    """The error for a name that is neither a local folder nor a Hub repo this process could load."""
+    from huggingface_hub import constants
+
+    folder = Path(model_id).expanduser().absolute()
+    if constants.HF_HUB_OFFLINE:
+        hub = f"offline mode is on (HF_HUB_OFFLINE=1) and the Hub repo {model_id!r} is not in the local cache"
+        fix = "unset HF_HUB_OFFLINE to download from the Hub"
+    else:
+        reason = (str(err).strip().splitlines() or ["not found"])[0]
+        hub, fix = f"the Hub repo {model_id!r} could not be loaded ({reason})", "check the Hub id"
+    return ModelNotFoundError(
+        f"No folder {folder} exists, and {hub}: pass the path of an existing folder (e.g. ./{model_id}), or {fix}."
+    )
 
 
 def _load_tokenizer(model_id: str, hub_kwargs: dict, required: bool):
@@ -117,7 +169,9 @@ def load_or_quantize(
         if recipe.task != task:
             raise ConfigError(f"{where} holds a {recipe.task!r} model; load it with the class for that task.")
         recipe.check_files(folder)  # refuses a folder whose files are not the ones its recipe was saved with
-        model = get_backend(recipe.backend).load(folder, recipe, **load_kwargs)
+        saved_backend = get_backend(recipe.backend)
+        _check_load_kwargs(load_kwargs, saved_backend.accepted_load_kwargs(task), recipe.backend)
+        model = saved_backend.load_saved(folder, recipe, **load_kwargs)
         # Keep the saved tokenizer with the model, so saving a reloaded model writes a complete folder again.
         saved_tokenizer = tokenizer or _load_tokenizer(str(folder), {}, required=False)
         if saved_tokenizer is not None:
@@ -138,12 +192,24 @@ def load_or_quantize(
     if handler is not None:  # e.g. quantize="auto": a search that calls back into this function per trial
         if backend is not None:
             raise ConfigError(f"{type(config).__name__} chooses among backends itself: pass `backends=[...]` in it, not `backend=`.")
+        own = getattr(handler, "keyword_arguments", None)
+        if own is not None:
+            accepted = set(own)
+            for name in config.backends:
+                try:
+                    accepted |= get_backend(name).accepted_load_kwargs(task)
+                except QuantizationError:  # not installed, or no model class for the task: the search reports it
+                    pass
+            _check_load_kwargs(load_kwargs, accepted, ", ".join(config.backends))
         return handler(
             task, source, config, calibration_dataset=calibration_dataset, tokenizer=tokenizer,
             text_column=text_column, hub_kwargs=hub_kwargs, load_kwargs=load_kwargs,
         )
     quant_backend = get_backend(backend or DEFAULT_BACKEND)
     quant_backend.check_supports(task, config)
+    _check_load_kwargs(load_kwargs, quant_backend.accepted_load_kwargs(task), quant_backend.name)
+    if config is None and _fp32_notice.get():
+        logger.warning(FP32_NOTICE, model_id_or_path)
     needs_calibration = config is not None and config.requires_calibration
     # Dynamic INT8 uses calibration data when it is given (activation smoothing), and needs none.
     uses_calibration = needs_calibration or (
@@ -167,7 +233,15 @@ def load_or_quantize(
         hub_kwargs=hub_kwargs,
         load_kwargs=load_kwargs,
     )
-    return quant_backend.quantize(request)
+    try:
+        return quant_backend.quantize(request)
+    except QuantizationError:
+        raise
+    except Exception as err:  # the runtime failed reading the checkpoint: say which file and what to do
+        problem = checkpoint_problem(source)
+        if problem is None:
+            raise
+        raise problem from err
 
 
 class _QuantModel:
@@ -187,13 +261,15 @@ class _QuantModel:
                 with `push_to_hub`) loads as saved; `revision`, `subfolder`, `token` and `cache_dir` apply.
             export: export the PyTorch checkpoint (default when the folder holds no quantized model).
             backend: a registered backend name (default "onnxruntime"); see `available_backends()`.
-            quantize: None (FP32 export), a preset ("dynamic", "static", "int8", "w8", "w4", "auto"), a config
-                object or its dict. "auto" / `AutoQuantConfig` searches for the fastest model within a metric
-                tolerance of FP32 (`optimum.quantization.autoquant`); pass `eval_dataset=` and `metric=` with it.
+            quantize: None (FP32 export, unquantized; a warning says so), a preset ("dynamic", "static", "int8",
+                "w8", "w4", "auto"), a config object or its dict. "auto" / `AutoQuantConfig` searches for the fastest
+                model within a metric tolerance of FP32 (`optimum.quantization.autoquant`); pass `eval_dataset=` and
+                `metric=` with it.
             calibration_dataset: texts, a `datasets.Dataset`, a .txt/.csv/.json file or a local dataset name;
                 required by static quantization.
             tokenizer: the tokenizer to calibrate with and save beside the model (default: the model's own).
-            **kwargs: passed to the backend's model class (e.g. `use_io_binding`, `provider`).
+            **kwargs: passed to the backend's model class (e.g. `use_io_binding`, `provider`); a name that neither
+                this method nor the backend takes raises ConfigError, before any export.
         """
         return load_or_quantize(cls.task, model_id_or_path, **kwargs)
 

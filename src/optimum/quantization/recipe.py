@@ -7,15 +7,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 from .configuration import QuantConfig, config_from_dict
-from .errors import ConfigError, ModelFileError
-from .files import check_output_folder, publish_files
+from .errors import ConfigError, ModelFileError, unreadable_file
+from .files import check_output_folder, publish_files, staging_folder
 from .registry import config_handler
 
 RECIPE_FILE = "quantization_config.json"
@@ -139,7 +138,11 @@ class QuantizationRecipe:
                     "the model again."
                 )
             size = path.stat().st_size
-            if size != expected.get("size", size) or _sha256(path) != expected.get("sha256"):
+            try:
+                digest = _sha256(path) if size == expected.get("size", size) else None
+            except PermissionError:
+                raise unreadable_file(path) from None
+            if digest is None or digest != expected.get("sha256"):
                 raise ModelFileError(
                     f"{path} differs from the file saved with {RECIPE_FILE} (a save interrupted part-way, or the file "
                     "was changed or truncated): save or download the model again."
@@ -186,7 +189,8 @@ def quantized_folder(save_directory: str | os.PathLike) -> Iterator[Path]:
     into place atomically, the recipe last; files a previous save of ours wrote and this one did not are then
     removed; every other file in the folder stays. A failure or interruption before the end changes nothing in
     `save_directory`. The staging folder lives in the system's temporary folder, so a killed process leaves
-    nothing in `save_directory` but at most one `*.optimum-quantization-partial` file, removed by the next save.
+    nothing in `save_directory` but at most one `*.optimum-quantization-partial` file; the next save removes that
+    file and the killed process's staging folder.
     The block must write the recipe (`QuantizationRecipe.save`) last.
     """
     try:
@@ -196,8 +200,8 @@ def quantized_folder(save_directory: str | os.PathLike) -> Iterator[Path]:
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"Cannot save into {save_directory}: {existing} is not writable. Pass a folder you can write.")
-    with tempfile.TemporaryDirectory(prefix="optimum-quantization-save-") as staging:
-        yield Path(staging)
+    with staging_folder() as staging:
+        yield staging
         publish_files(staging, target, last=RECIPE_FILE, obsolete=_previously_owned(target))
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from .configuration import DynamicQuantConfig, StaticQuantConfig, config_from_dict
 from .errors import BackendUnavailableError, ConfigError, unknown_name
-from .modeling import QUANT_MODEL_CLASSES
+from .modeling import QUANT_MODEL_CLASSES, fp32_reference
 from .recipe import RECIPE_FILE, QuantizationRecipe
 from .tasks import TASKS
 
@@ -152,13 +152,14 @@ class OurQuantized(OpenVINORuntimeDetails, VariantBuilder):
 
     def build(self, spec, context, folder):
         quantize = spec.options.get("quantize")
-        model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
-            str(context.source_dir),
-            backend=self.backend_of(spec),
-            quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
-            calibration_dataset=str(context.calibration_file)
-            if context.calibration_file and spec.options.get("calibration", True) else None,
-        )
+        with fp32_reference():  # an FP32 variant is one of the models compared, built on purpose
+            model = QUANT_MODEL_CLASSES[context.task].from_pretrained(
+                str(context.source_dir),
+                backend=self.backend_of(spec),
+                quantize=config_from_dict(quantize) if isinstance(quantize, dict) else quantize,
+                calibration_dataset=str(context.calibration_file)
+                if context.calibration_file and spec.options.get("calibration", True) else None,
+            )
         model.save_pretrained(folder)
 
     def load(self, spec, folder, task, threads):

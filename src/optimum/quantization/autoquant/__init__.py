@@ -41,6 +41,8 @@ __all__ = ["quantize_auto", "CANDIDATE_TABLE", "Candidate", "candidates_for", "T
 
 # from_pretrained keyword arguments that belong to the search rather than to the backend's model class.
 SEARCH_OVERRIDES = {"eval_dataset": "eval_dataset_description", "metric": "metric_name"}
+# from_pretrained keyword arguments that replace the AutoQuantConfig field of the same name.
+SEARCH_SETTINGS = ("tolerance", "work_dir", "time_budget_s", "max_trials")
 
 
 def quantize_auto(task: str, model_path: str, config: AutoQuantConfig, *, calibration_dataset=None, tokenizer=None,
@@ -53,7 +55,7 @@ def quantize_auto(task: str, model_path: str, config: AutoQuantConfig, *, calibr
     for name, recorded in SEARCH_OVERRIDES.items():
         if name in load_kwargs:
             overrides.update({name: load_kwargs.pop(name), recorded: None})
-    for name in ("tolerance", "work_dir", "time_budget_s", "max_trials"):
+    for name in SEARCH_SETTINGS:
         if name in load_kwargs:
             overrides[name] = load_kwargs.pop(name)
     if overrides:
@@ -69,3 +71,7 @@ def quantize_auto(task: str, model_path: str, config: AutoQuantConfig, *, calibr
     report = search.run()
     logger.warning("auto-quantization: %s", report["explanation"])
     return search.result_model(report)
+
+
+# What from_pretrained checks its keyword arguments against, beside those of the searched backends.
+quantize_auto.keyword_arguments = (*SEARCH_OVERRIDES, *SEARCH_SETTINGS)

@@ -18,7 +18,7 @@ from ..configuration import AutoQuantConfig, config_from_dict
 from ..errors import QuantizationError
 from ..evaluation.benchmark import BenchmarkConfig, alternating_rounds, round_robin_ms, synthetic_inputs, time_calls
 from ..hardware import cpu_info
-from ..modeling import load_or_quantize
+from ..modeling import fp32_reference, load_or_quantize
 from ..recipe import library_versions
 from ..search_report import REPORT_DETAILS_KEY, search_report_markdown
 from .candidates import Candidate, candidates_for
@@ -183,10 +183,12 @@ class Search:
         return trial
 
     def _build(self, backend: str, quant_config, options=None):
-        return load_or_quantize(
-            self.task, self.model_path, backend=backend, quantize=quant_config, calibration_dataset=self.calibration,
-            tokenizer=self.tokenizer, **self.hub_kwargs, **{**self.load_kwargs, **(options or {})},
-        )
+        with fp32_reference():  # the FP32 trial is the search's reference
+            return load_or_quantize(
+                self.task, self.model_path, backend=backend, quantize=quant_config,
+                calibration_dataset=self.calibration, tokenizer=self.tokenizer, **self.hub_kwargs,
+                **{**self.load_kwargs, **(options or {})},
+            )
 
     def _measure(self, key, name, backend, quant_config, config_dict, phase, speed_rank, fallback, options):
         start = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import difflib
 import inspect
+import json
 import logging
 import re
 import tempfile
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..configuration import QuantConfig
-from ..errors import ConfigError, UnsupportedModelError
+from ..errors import (
+    ConfigError, ModelFileError, QuantizationError, UnsupportedModelError, damaged_file, unreadable_file,
+)
 from ..export import head_token_model
-from ..recipe import QuantizationRecipe, quantized_folder
+from ..recipe import RECIPE_FILE, QuantizationRecipe, quantized_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,49 @@ class Backend(abc.ABC):
     def load(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
         """Load a folder written by `save_pretrained` of this backend's models, without quantizing again."""
 
+    def saved_files(self, recipe: QuantizationRecipe) -> list[str]:
+        """The files `load` reads from a saved folder, relative to it (`load_saved` checks each)."""
+        return ["config.json"]
+
+    def file_problem(self, file: Path) -> ModelFileError | None:
+        """The error saying why the runtime cannot read the saved `file` (naming it and the fix); None when it can.
+
+        Asked only after `load` failed, so it may read the whole file. Backends add the checks of their formats."""
+        try:
+            with open(file, "rb") as stream:
+                data = stream.read() if file.suffix == ".json" else b""
+        except PermissionError:
+            return unreadable_file(file)
+        except OSError as err:
+            return damaged_file(file, err.strerror or str(err))
+        if file.suffix == ".json":
+            try:
+                json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as err:
+                return damaged_file(file, f"not valid JSON: {err}")
+        return None
+
+    def load_saved(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
+        """`load`, with a missing, unreadable or damaged file of the folder reported as ModelFileError naming the file
+        and the fix, instead of the runtime's own error."""
+        path = Path(path)
+        files = [path / name for name in self.saved_files(recipe)]
+        for file in files:
+            if not file.is_file():
+                raise ModelFileError(
+                    f"{file} is missing: {path} holds the {RECIPE_FILE} of a model saved with backend {self.name!r}, "
+                    "which loads from this file. Save or download the model again (copy the whole folder)."
+                )
+        try:
+            return self.load(path, recipe, **load_kwargs)
+        except QuantizationError:
+            raise
+        except Exception as err:
+            problem = next(filter(None, map(self.file_problem, files)), None)
+            if problem is None:
+                raise
+            raise problem from err
+
 
 class QuantizedModelMixin:
     """Shared by every backend model class: holds the recipe, saves atomically with it.
@@ -94,6 +140,20 @@ class QuantizedModelMixin:
     @property
     def quantization_config(self):
         return self.quantization_recipe.quantization
+
+    def __call__(self, *args, **kwargs):
+        """The runtime's call; an input longer than the model's position table raises ConfigError saying how to
+        truncate it, where the runtime's own error would only name an index out of range."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except QuantizationError:
+            raise
+        except Exception as err:
+            generates = callable(getattr(self, "can_generate", None)) and self.can_generate()
+            too_long = input_too_long(getattr(self, "config", None), args, kwargs, generates)
+            if too_long is None:
+                raise
+            raise ConfigError(too_long) from err
 
     def _save_model_files(self, directory: Path) -> None:
         """Hook: write the runtime's files (weights, graph, config) into `directory`."""
@@ -141,6 +201,34 @@ class QuantizedModelMixin:
             return push_folder_to_hub(
                 folder, repo_id, private=private, token=token, commit_message=commit_message, revision=revision
             )
+
+
+# Model types whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 rows are unused.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "data2vec-text")
+
+
+def input_too_long(config, args, kwargs, generates: bool = False) -> str | None:
+    """The message for inputs longer than `config`'s position table (prompt and past tokens together), else None."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", None) in POSITIONS_AFTER_PADDING:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    tensors = (kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask"))
+    length = max((t.shape[-1] for t in tensors if len(getattr(t, "shape", ())) > 0), default=0)
+    if length <= limit:
+        return None
+    if generates:
+        return (
+            f"The prompt and the tokens generated so far make {length} tokens, more than the {limit} positions of this "
+            f"model (max_position_embeddings in its config.json): keep the prompt's length plus max_new_tokens within "
+            f"{limit}, e.g. tokenizer(text, truncation=True, max_length={limit} - max_new_tokens)."
+        )
+    return (
+        f"The input has {length} tokens, more than the {limit} positions of this model (max_position_embeddings in "
+        f"its config.json): truncate it, e.g. tokenizer(text, truncation=True, max_length={limit}), or pass "
+        "truncation=True to the pipeline."
+    )
 
 
 def runtime_model_class(quant_class: type) -> type:

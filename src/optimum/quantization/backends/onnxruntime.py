@@ -26,13 +26,15 @@ from optimum.onnxruntime import (
 
 from ..calibration import random_word_examples, tokenize_examples
 from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
-from ..errors import BackendUnavailableError, ConfigError
+from ..errors import BackendUnavailableError, ConfigError, ModelFileError, damaged_file
 from ..evaluation.census import int8_op_counts
 from ..export import export_onnx
 from ..hardware import cpu_info, resolve_reduce_range
 from ..presets import DEFAULT_EXCLUDE
 from ..recipe import QuantizationRecipe
-from .base import Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class
+from .base import (
+    Backend, QuantizationRequest, QuantizedModelMixin, check_patterns_used, matches_any, runtime_model_class,
+)
 from .ort_pair_safe import make_pair_safe
 from .ort_outlier_channels import split_outlier_channels
 from .ort_smoothing import smooth_graph
@@ -324,6 +326,16 @@ class OnnxRuntimeBackend(Backend):
     def load(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
         return self._load_model(path, recipe, **load_kwargs)
 
+    def saved_files(self, recipe: QuantizationRecipe) -> list[str]:
+        external = recipe.details.get("external_data_file")
+        return [*super().saved_files(recipe), MODEL_FILE, *([external] if isinstance(external, str) else [])]
+
+    def file_problem(self, file: Path) -> ModelFileError | None:
+        problem = super().file_problem(file)
+        if problem is None and file.suffix == ".onnx":
+            problem = onnx_file_problem(file)
+        return problem
+
     def _load_model(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
         cls = self.model_class(recipe.task)
         if recipe.task == "text-generation":
@@ -563,6 +575,31 @@ class OnnxRuntimeBackend(Backend):
             "not_quantized_nodes": [name for name in candidates if name not in quantized],
             "unused_exclude_patterns": unused,
         }
+
+
+def onnx_file_problem(path: Path) -> ModelFileError | None:
+    """The error saying why ONNX Runtime cannot read the graph `path` or the weights it keeps beside it, or None when
+    the graph parses and its weight files hold every byte it reads from them."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError, or onnx's own
+        return damaged_file(path, f"not an ONNX model: {err}")
+    if not model.HasField("graph") or not model.graph.node:
+        return damaged_file(path, "it holds no ONNX graph")
+    needed: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
+            needed[info["location"]] = max(needed.get(info["location"], 0), end)
+    for location, end in needed.items():
+        data = path.parent / location
+        if not data.is_file():
+            return ModelFileError(f"{data} is missing: {path.name} keeps its weights in it. Save or download the model "
+                                  "again (copy the whole folder).")
+        if data.stat().st_size < end:
+            return damaged_file(data, f"{data.stat().st_size} bytes, {path.name} reads up to byte {end}")
+    return None
 
 
 def store_weights_externally(path: Path) -> str | None:

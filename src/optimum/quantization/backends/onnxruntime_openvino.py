@@ -37,6 +37,7 @@ def provider_options(device: str | None, precision: str | None, saved: dict | No
 
 class OnnxRuntimeOpenVINOBackend(OnnxRuntimeBackend):
     supported_configs = (DynamicQuantConfig, StaticQuantConfig)
+    backend_load_kwargs = ("device", "precision")  # the execution provider's (provider_options)
 
     def __init__(self):
         if PROVIDER not in onnxruntime.get_available_providers():

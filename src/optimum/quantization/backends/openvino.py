@@ -1,11 +1,10 @@
 """OpenVINO backend: export to IR -> NNCF (static INT8, weight-only 8/4-bit) -> optimum-intel's OVModel classes.
 
-For a static INT8 request, what it stores depends on the CPU (`precision="auto"`, the default): it builds static
-INT8, INT8 weights and FP32, times the three on this CPU and keeps the fastest (openvino_precision.py). With
-VNNI/AMX that is expected to be static INT8 (seed 002: 2.95x over FP32); on an AVX2-only CPU our benchmark measured
-FP32 fastest (static INT8 0.67x, INT8 weights 0.89x of FP32 speed), and where FP32 wins the FP32 IR is stored and
-the recipe says why.
-`precision="int8"` / `"int8-weights"` force one form without measuring; accuracy control forces static INT8.
+A static INT8 request stores static INT8 on every CPU (`precision="int8"`, the default). Without VNNI it likely runs
+slower than FP32 there (our AVX2 benchmark: 0.67x-0.80x), and a warning says so unless `precision="int8"` was passed
+explicitly. `precision="int8-weights"` stores INT8 weights with FP32 compute; `precision="auto"` builds static INT8,
+INT8 weights and FP32, times the three on this CPU, keeps the fastest (openvino_precision.py) and says which in a
+warning, the recipe and the model card: where FP32 wins the FP32 IR is stored. Accuracy control forces static INT8.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from optimum.intel import (
 from ..accuracy_control import AccuracyControl
 from ..calibration import load_calibration_examples, tokenize_examples
 from ..configuration import DynamicQuantConfig, StaticQuantConfig, WeightOnlyQuantConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError, damaged_file
 from ..evaluation.census import openvino_quantized_counts
 from ..export import EXPORT_TASKS, check_exportable
 from ..hardware import cpu_info, resolve_reduce_range
@@ -91,6 +90,7 @@ def export_openvino(request: QuantizationRequest, folder: Path, source=None) -> 
 
 class OpenVINOBackend(Backend):
     supported_configs = (StaticQuantConfig, WeightOnlyQuantConfig)
+    backend_load_kwargs = BACKEND_OPTIONS
     model_classes = {
         "text-classification": OVQuantModelForSequenceClassification,
         "question-answering": OVQuantModelForQuestionAnswering,
@@ -132,7 +132,7 @@ class OpenVINOBackend(Backend):
             accuracy.validation_data, text_column=accuracy.text_column
         )
         cpu = cpu_info()
-        requested = options.get("precision", "auto")
+        requested = options.get("precision", openvino_precision.DEFAULT_PRECISION)
         fixed = None
         if isinstance(config, StaticQuantConfig):  # a bad precision fails here, before the slow export
             fixed = openvino_precision.fixed_precision(requested, accuracy is not None)
@@ -154,6 +154,9 @@ class OpenVINOBackend(Backend):
                 ov.Core().read_model(str(xml)), export_dir, request, requested, fixed, accuracy, validation_examples,
                 load_kwargs, cpu.isa,
             )
+            notice = openvino_precision.notice(details["precision"], cpu.has_vnni, explicit="precision" in options)
+            if notice is not None:
+                logger.warning(notice)
         elif config is not None:
             quantized, more = nncf_ptq.compress_weights(ov.Core().read_model(str(xml)), config)
             model_dir = _save_ir(quantized, export_dir, work_dir / "quantized")
@@ -195,8 +198,6 @@ class OpenVINOBackend(Backend):
             )
         else:
             precision = {"requested": requested, "chosen": fixed[0], "reason": fixed[1]}
-        if precision["reason"] != "requested":
-            logger.info("OpenVINO precision: %s (%s).", precision["chosen"], precision["reason"])
         chosen = precision["chosen"]
         return folders[chosen], precision, *built[chosen]
 
@@ -226,6 +227,15 @@ class OpenVINOBackend(Backend):
                 raise ConfigError(f"`{name}` applies when quantizing; {path} is already quantized.")
         return self._load_model(path, recipe, **load_kwargs)
 
+    def saved_files(self, recipe: QuantizationRecipe) -> list[str]:
+        return [*super().saved_files(recipe), MODEL_XML, MODEL_BIN]
+
+    def file_problem(self, file: Path) -> ModelFileError | None:
+        problem = super().file_problem(file)
+        if problem is None and file.suffix in (".xml", ".bin"):
+            problem = ir_file_problem(file.with_suffix(".xml"), file.suffix)
+        return problem
+
     def _load_model(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
         cls = self.model_class(recipe.task)
         if recipe.task == "text-generation":
@@ -237,6 +247,33 @@ class OpenVINOBackend(Backend):
         model = cls.from_pretrained(path, **load_kwargs)
         model.quantization_recipe = recipe
         return model
+
+
+def ir_file_problem(xml: Path, part: str) -> ModelFileError | None:
+    """The error saying why OpenVINO cannot read the IR's graph (`part` ".xml") or its weights (".bin", beside the
+    .xml); None when the graph parses and the weights hold every byte its constants read."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(xml).getroot()
+        reason = None if root.tag == "net" else f"its root element is <{root.tag}>, not <net>"
+    except (ElementTree.ParseError, OSError) as err:
+        root, reason = None, str(err)
+    if part == ".xml":
+        return None if reason is None else damaged_file(xml, f"not an OpenVINO IR graph: {reason}")
+    if root is None or reason is not None:  # the graph's own problem, reported for the .xml
+        return None
+    weights = xml.with_suffix(".bin")
+    end = 0
+    for data in root.iterfind(".//layer[@type='Const']/data"):
+        try:
+            end = max(end, int(data.get("offset", 0)) + int(data.get("size", 0)))
+        except ValueError:
+            continue
+    size = weights.stat().st_size if weights.is_file() else 0  # load_saved reports a missing file first
+    if size < end:
+        return damaged_file(weights, f"{size} bytes, {xml.name} reads up to byte {end}")
+    return None
 
 
 def _build_candidate(name: str, model: ov.Model, feeds, config: StaticQuantConfig, accuracy, validation):

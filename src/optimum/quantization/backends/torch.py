@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..configuration import DynamicQuantConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelFileError
+from ..export import safetensors_file_problem
 from ..hardware import cpu_info
 from ..recipe import QuantizationRecipe
 from ..tasks import TASKS
@@ -78,6 +79,9 @@ class TorchBackend(Backend):
     supported_configs = (DynamicQuantConfig,)
     model_classes = {task: TorchQuantizedModelMixin for task in TASKS}
 
+    def accepted_load_kwargs(self, task: str) -> set[str]:
+        return set()  # the models are transformers' own, loaded as they were saved: nothing to pass on
+
     def check_supports(self, task, config) -> None:
         super().check_supports(task, config)
         if config is not None and config.weight_type != "int8":
@@ -123,6 +127,15 @@ class TorchBackend(Backend):
             details=details, hardware=cpu_info().to_dict(),
         )
         return self._finish(model, recipe, request.tokenizer)
+
+    def saved_files(self, recipe: QuantizationRecipe) -> list[str]:
+        return [*super().saved_files(recipe), WEIGHTS_FILE]
+
+    def file_problem(self, file: Path) -> ModelFileError | None:
+        problem = super().file_problem(file)
+        if problem is None and file.suffix == ".safetensors":
+            problem = safetensors_file_problem(file)
+        return problem
 
     def load(self, path: Path, recipe: QuantizationRecipe, **load_kwargs):
         from transformers import AutoConfig

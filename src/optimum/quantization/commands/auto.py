@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import QuantizationError
 from ..tasks import normalize_task
+from .quantize import check_output_option
 
 
 def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,7 @@ def run_auto(args) -> int:
     from ..search_report import search_report_markdown
 
     task = normalize_task(args.task)
+    check_output_option(args.output)
     data, description = load_eval_data(task, args.eval_data, args.eval_limit)
     config = AutoQuantConfig(
         metric=args.metric, tolerance=args.tolerance, eval_dataset=data, eval_dataset_description=description,

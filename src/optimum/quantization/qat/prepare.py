@@ -270,7 +270,7 @@ def prepare(model: nn.Module, config: QATConfig, forward_loop: Callable[[nn.Modu
             module.weight_quantizer = WeightQuantizer(axis if config.per_channel else None, seven_bit)
     if config.quantize_matmul_inputs:
         state.sites += [_AttentionSite(m, config) for n, m in _attention_hosts(model) if not excluded(n)]
-    if config.quantize_residual_adds:
+    if config.residual_adds_quantized:
         state.sites += [_ResidualSite(m, config) for n, m in _residual_hosts(model) if not excluded(n)]
     check_patterns_used(config.exclude, used, "module")
     model.qat_state = state
