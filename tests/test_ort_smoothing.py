@@ -229,7 +229,7 @@ def test_dynamic_smoothing_statistic_reaches_the_graph_and_the_recipe(tiny_dir):
 
 @pytest.mark.parametrize("value", ["mean", "MAX", None, ""])
 def test_bad_smoothing_statistic(value):
-    with pytest.raises(ConfigError, match="smoothing statistic"):
+    with pytest.raises(ConfigError, match="smoothing.statistic"):
         DynamicQuantConfig(smoothing_statistic=value)
 
 

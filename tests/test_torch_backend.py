@@ -75,12 +75,17 @@ def test_causal_lm_with_tied_head_round_trips(tiny_dir, tmp_path):
 def test_damaged_weights_file_is_refused(tiny_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from optimum.quantization import ConfigError
+    from optimum.quantization import ConfigError, ModelFileError
 
     model = QuantModelForSequenceClassification.from_pretrained(tiny_dir("text-classification"), backend="torch", quantize="dynamic")
     model.save_pretrained(tmp_path / "q")
     tensors = load_file(str(tmp_path / "q" / "model.safetensors"))
     tensors.pop("bert.embeddings.word_embeddings.weight")
     save_file(tensors, str(tmp_path / "q" / "model.safetensors"))
+    with pytest.raises(ModelFileError, match="model.safetensors differs from the file saved"):
+        QuantModelForSequenceClassification.from_pretrained(tmp_path / "q")
+    # A folder whose recipe lists no files (saved by an earlier version) is checked by the loader itself.
+    recipe = json.loads((tmp_path / "q" / "quantization_config.json").read_text())
+    (tmp_path / "q" / "quantization_config.json").write_text(json.dumps({**recipe, "files": {}}))
     with pytest.raises(ConfigError, match="does not match the architecture"):
         QuantModelForSequenceClassification.from_pretrained(tmp_path / "q")
