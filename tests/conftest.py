@@ -35,6 +35,54 @@ def _in_tmp_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _openvino_export_once_per_checkpoint(tmp_path_factory):
+    """Every OpenVINO build starts with the same FP32 export of its checkpoint (~3 s of a tiny model's ~6 s build on 2
+    cores, ~25 builds in the fast suite): within a session each distinct export runs once and is copied after that.
+
+    The key holds everything `export_openvino` depends on: the checkpoint folder and its files (name, size, mtime:
+    a checkpoint written again is exported again), the task, the model type, whether a changed model (`source`, the
+    [CLS]-row cut) replaces the checkpoint and the config's `head_token_only` that made it, and the Hub arguments.
+    Exports that fail are not cached; checkpoints that are not local folders are never cached. A test that patches
+    `export_openvino` itself replaces this wrapper for its duration."""
+    try:
+        from optimum.quantization.backends import openvino as ov_backend
+    except ImportError:  # no OpenVINO in this environment
+        yield
+        return
+    real_export = ov_backend.export_openvino
+    cache_root = tmp_path_factory.mktemp("openvino-exports")
+    cached: dict = {}
+
+    def key_of(request, source):
+        path = Path(str(request.model_path))
+        if not path.is_dir():
+            return None
+        files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
+        setting = getattr(request.config, "head_token_only", None)
+        return json.dumps([str(path.resolve()), files, request.task, request.model_type, source is None,
+                           type(source).__name__, repr(setting), repr(sorted(request.hub_kwargs.items()))])
+
+    def export_openvino(request, folder, source=None):
+        import shutil
+
+        key = key_of(request, source)
+        if key is not None and key in cached:
+            shutil.copytree(cached[key], folder, dirs_exist_ok=True)
+            return Path(folder) / ov_backend.MODEL_XML
+        xml = real_export(request, folder, source)
+        if key is not None:
+            copy = cache_root / str(len(cached))
+            shutil.copytree(folder, copy)
+            cached[key] = copy
+        return xml
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(ov_backend, "export_openvino", export_openvino)
+    yield
+    patch.undo()
+
+
 def _bert_tokenizer(folder: Path):
     from transformers import BertTokenizerFast
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,12 +137,19 @@ def test_variant_spec_files_give_any_kind_with_its_options(tmp_path):
         parse_variant(str(tmp_path / "missing.json"))
 
 
-def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
+# Each measured variant costs a fresh interpreter (~10 s on 2 cores): the fast suite measures the baseline and the INT8
+# variant; the PyTorch row (its loader runs in the run_evaluation tests) and ONNX Runtime's plain FP32 export join them
+# in the slow run.
+@pytest.mark.parametrize("measured", [
+    ("ort-fp32-fused", "ort-int8-dynamic"),
+    pytest.param(("pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"), marks=pytest.mark.slow),
+], ids=["fast", "every-variant"])
+def test_run_benchmark_side_by_side(tiny_dir, tmp_path, measured):
     """Every variant is built and measured in its own process; a variant that cannot be built says why."""
     result = run_benchmark(
         str(tiny_dir("large-text-classification")),
         "text-classification",
-        variants=["pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic", "bad=torch:static"],
+        variants=[*measured, "bad=torch:static"],
         config=BenchmarkConfig(**{**QUICK, "sequence_lengths": (8, 32, 1024)}),  # 1024 > the model's 128 positions
     )
     by_name = {v["name"]: v for v in result["variants"]}
@@ -149,7 +157,7 @@ def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
     assert result["machine"]["cpu"]["isa"] is not None and result["machine"]["threads"] == 1
     assert "onnxruntime" in result["versions"] and result["config"]["sequence_lengths"] == [8, 32]
     assert "static" in by_name["bad"]["error"].lower()
-    for name in ("pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"):
+    for name in measured:
         variant = by_name[name]
         assert len(variant["latency"]) == 4 and variant["cold_start_s"] > variant["load_s"] > 0
         # VmHWM of the worker itself: a fresh interpreter with torch, far below the parent's build peak
@@ -157,11 +165,11 @@ def test_run_benchmark_side_by_side(tiny_dir, tmp_path):
         assert "inference_precision" not in variant  # recorded for OpenVINO rows only
     assert by_name["ort-int8-dynamic"]["size_bytes"] < 0.35 * by_name["ort-fp32-fused"]["size_bytes"]
     ratios = speedups(result, 1, 32)
-    assert ratios["ort-fp32-fused"] == 1.0 and set(ratios) == {"pytorch-fp32", "ort-fp32", "ort-fp32-fused", "ort-int8-dynamic"}
+    assert ratios["ort-fp32-fused"] == 1.0 and set(ratios) == set(measured)
 
     written = write_reports(result, tmp_path / "reports", "tiny")
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads(written["json"].read_text())["variants"][0]["name"] == "pytorch-fp32"
+    assert json.loads(written["json"].read_text())["variants"][0]["name"] == measured[0]
     markdown = written["md"].read_text()
     assert "ort-int8-dynamic" in markdown and "VNNI" in markdown and "not run" in markdown
     assert markdown == benchmark_markdown(result)
@@ -195,11 +203,28 @@ def test_alternating_rounds_reverse_every_other_pass():
     assert alternating_rounds(["a"], 2) == ["a", "a"] and alternating_rounds(["a", "b"], 0) == []
 
 
-def test_run_benchmark_rounds_measure_each_variant_again(tiny_dir):
+def test_run_benchmark_rounds_measure_each_variant_again(tiny_dir, monkeypatch):
+    """`rounds` measures every built variant again, round-robin, and merges the rounds. The fresh-process measurement
+    itself is run by test_run_benchmark_side_by_side and the CLI test; here each process is one recorded call
+    (a fresh interpreter per call cost ~25 s of the fast suite)."""
+    from optimum.quantization import side_by_side
+
+    measured = []
+
+    def one_process(folder, task, config, vocab_size, input_names):
+        measured.append(Path(folder).name)
+        row = {"batch_size": 1, "sequence_length": 8, "p50_ms": float(len(measured)), "p90_ms": 1.0, "p99_ms": 1.0,
+               "mean_ms": 1.0, "calls": config.repeats, "throughput_per_s": 1.0}
+        return {"load_s": 0.1, "cold_start_s": 0.2, "cold_start_shape": [1, 8], "peak_rss_bytes": 1,
+                "load_average_1m": 0.0, "latency": [row]}
+
+    monkeypatch.setattr(side_by_side, "measure_in_fresh_process", one_process)
     config = BenchmarkConfig(**{**QUICK, "batch_sizes": (1,), "sequence_lengths": (8,), "rounds": 2})
     result = run_benchmark(str(tiny_dir("text-classification")), variants=["ort-fp32", "ort-int8-dynamic"], config=config)
+    assert measured == ["ort-fp32", "ort-int8-dynamic", "ort-int8-dynamic", "ort-fp32"]  # every other round reversed
     assert [v["rounds"] for v in result["variants"]] == [2, 2]
-    assert result["variants"][0]["latency"][0]["calls"] == 6  # 3 timed calls in each of 2 fresh processes
+    assert result["variants"][0]["latency"][0]["calls"] == 6  # 3 timed calls in each of 2 processes
+    assert [v["latency"][0]["p50_ms"] for v in result["variants"]] == [2.5, 2.5]  # medians of (1, 4) and (2, 3)
 
 
 def test_run_benchmark_refuses_bad_requests(tiny_dir):
@@ -268,13 +293,29 @@ def test_run_evaluation_causal_lm_perplexity_and_divergence(tiny_dir):
     assert 0 <= int8["agreement"]["kl_divergence"] < 0.05
 
 
-def test_cli_benchmark_and_evaluate(tiny_dir, tmp_path, capsys):
+def test_cli_benchmark_and_evaluate(tiny_dir, tmp_path, capsys, monkeypatch):
+    from optimum.quantization import side_by_side
+
     folder = str(tiny_dir("text-classification"))
+    # The CLI's plumbing: the options reach the measurement, the reports are written. The measurement in a fresh
+    # interpreter (~10 s each) is run by test_run_benchmark_side_by_side.
+    configs = []
+
+    def one_process(folder, task, config, vocab_size, input_names):
+        configs.append(config)
+        row = {"batch_size": 1, "sequence_length": 16, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0,
+               "calls": config.repeats, "throughput_per_s": 1e3}
+        return {"load_s": 0.1, "cold_start_s": 0.2, "cold_start_shape": [1, 16], "peak_rss_bytes": 1,
+                "load_average_1m": 0.0, "latency": [row]}
+
+    monkeypatch.setattr(side_by_side, "measure_in_fresh_process", one_process)
     code = main([
         "benchmark", "--model", folder, "--variants", "ort-fp32", "ort-int8-dynamic", "--batch-sizes", "1",
         "--sequence-lengths", "16", "--repeats", "2", "--warmup", "1", "--threads", "1", "--output-dir", str(tmp_path),
     ])
     assert code == 0
+    assert [(list(c.batch_sizes), list(c.sequence_lengths), c.repeats, c.warmup, c.threads) for c in configs] == [
+        ([1], [16], 2, 1, 1)] * 2
     out = capsys.readouterr().out
     assert "Batch 1, sequence 16" in out and "ort-int8-dynamic" in out
     assert {p.name for p in tmp_path.iterdir()} >= {"benchmark.json", "benchmark.md", "benchmark.png"}

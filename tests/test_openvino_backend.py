@@ -93,6 +93,19 @@ def static_classifier(tiny_dir):
     return folder, model, seen
 
 
+@pytest.fixture(scope="module")
+def static_options_off(tiny_dir):
+    """One static INT8 build with every default the option tests below turn off (asymmetric activations, attention
+    inputs float, no smoothing): one NNCF build for three options instead of three (each option acts on its own
+    part of the recipe: the preset, the ignored scope, SmoothQuant's alpha)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openvino_precision, "time_candidates", no_timing)
+        return QuantModelForSequenceClassification.from_pretrained(
+            tiny_dir("text-classification"), backend="openvino", calibration_dataset=SENTENCES, precision="int8",
+            quantize=STATIC.replace(symmetric=False, activation_matmuls=False, smoothing_alpha=None),
+        )
+
+
 def test_static_int8_ir_and_kernels_are_int8_and_match_fp32(static_classifier, tmp_path):
     folder, model, _ = static_classifier
     from optimum.intel import OVModelForSequenceClassification
@@ -127,18 +140,14 @@ def activation_ranges(model) -> list[tuple[float, float]]:
     return ranges
 
 
-def test_static_activations_are_symmetric_by_default(static_classifier, tiny_dir, monkeypatch):
+def test_static_activations_are_symmetric_by_default(static_classifier, static_options_off):
     """symmetric="auto" on OpenVINO is NNCF's performance preset: every activation range is centred on zero (or
     starts at zero, for a non-negative tensor); symmetric=False (the mixed preset) has shifted ranges."""
     _, model, _ = static_classifier
     assert model.quantization_recipe.details["preset"] == "performance"
     ranges = activation_ranges(model.model)
     assert ranges and all(low == 0 or np.isclose(-low / high, 128 / 127, rtol=1e-3) for low, high in ranges), ranges
-    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
-    asymmetric = QuantModelForSequenceClassification.from_pretrained(
-        tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(symmetric=False),
-        calibration_dataset=SENTENCES, precision="int8",
-    )
+    asymmetric = static_options_off  # symmetric=False
     assert asymmetric.quantization_recipe.details["preset"] == "mixed"
     assert any(low != 0 and not np.isclose(-low / high, 128 / 127, rtol=1e-3)
                for low, high in activation_ranges(asymmetric.model))
@@ -156,16 +165,12 @@ def attention_inputs_quantized(model) -> list[bool]:
             if op.get_type_name() == "ScaledDotProductAttention" for port in (0, 1)]
 
 
-def test_attention_inputs_are_quantized_by_default_and_kept_float_on_request(static_classifier, tiny_dir, monkeypatch):
+def test_attention_inputs_are_quantized_by_default_and_kept_float_on_request(static_classifier, static_options_off):
     """activation_matmuls="auto" on OpenVINO is NNCF's transformer scheme (Q and K of attention quantized)."""
     _, model, _ = static_classifier
     assert model.quantization_recipe.details["activation_matmuls"] == {"quantized": True, "kept_float": []}
     assert attention_inputs_quantized(model.model) == [True] * 4  # 2 layers x (Q, K)
-    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
-    kept = QuantModelForSequenceClassification.from_pretrained(
-        tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(activation_matmuls=False),
-        calibration_dataset=SENTENCES, precision="int8",
-    )
+    kept = static_options_off  # activation_matmuls=False
     attention = [f"__module.bert.encoder.layer.{i}.attention.self/aten::scaled_dot_product_attention/"
                  "ScaledDotProductAttention" for i in range(2)]
     details = kept.quantization_recipe.details
@@ -178,17 +183,17 @@ def smooth_quant_nodes(model) -> int:
     return sum(op.get_friendly_name().endswith("/nncf_smooth_quant") for op in model.get_ops())
 
 
-def test_static_smoothing_auto_is_nncfs_none_turns_it_off_and_a_float_is_passed_on(static_classifier, tiny_dir, monkeypatch):
+def test_static_smoothing_auto_is_nncfs_none_turns_it_off_and_a_float_is_passed_on(
+        static_classifier, static_options_off, tiny_dir, monkeypatch):
     _, model, _ = static_classifier
     assert model.quantization_recipe.details["smooth_quant_matmul_alpha"] == 0.95  # NNCF's transformer default
     assert smooth_quant_nodes(model.model) > 0
     monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
-    built = {}
-    for alpha in (None, 0.5):
-        built[alpha] = QuantModelForSequenceClassification.from_pretrained(
-            tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(smoothing_alpha=alpha),
-            calibration_dataset=SENTENCES, precision="int8",
-        )
+    built = {None: static_options_off}  # smoothing_alpha=None
+    built[0.5] = QuantModelForSequenceClassification.from_pretrained(
+        tiny_dir("text-classification"), backend="openvino", quantize=STATIC.replace(smoothing_alpha=0.5),
+        calibration_dataset=SENTENCES, precision="int8",
+    )
     assert built[None].quantization_recipe.details["smooth_quant_matmul_alpha"] == -1.0
     assert smooth_quant_nodes(built[None].model) == 0
     assert built[0.5].quantization_recipe.details["smooth_quant_matmul_alpha"] == 0.5
@@ -598,16 +603,13 @@ def test_static_int8_computes_in_f32_unless_the_ov_config_says_otherwise(static_
     assert openvino_precision.inference_precision(told) == "bf16"
 
 
-def test_benchmark_variant_ov_config_option_reaches_the_model(tiny_dir, tmp_path, monkeypatch):
+def test_benchmark_variant_ov_config_option_reaches_the_model(static_classifier, tiny_dir, tmp_path):
     """`ov-int8-bf16-compute` is `ov-int8-nncf` loaded with INFERENCE_PRECISION_HINT=bf16 (variant option ov_config)."""
     from optimum.quantization.side_by_side import run_evaluation
     from optimum.quantization.variants import OpenVINOQuantized, parse_variant
 
-    monkeypatch.setattr(openvino_precision, "time_candidates", no_timing)
     folder = tmp_path / "built"
-    QuantModelForSequenceClassification.from_pretrained(
-        tiny_dir("text-classification"), backend="openvino", quantize=STATIC, calibration_dataset=SENTENCES,
-        precision="int8").save_pretrained(folder)
+    static_classifier[1].save_pretrained(folder)  # a static INT8 folder, as ov-int8-nncf builds (no second build)
     loaded = OpenVINOQuantized().load(parse_variant("ov-int8-bf16-compute"), folder, "text-classification", 2)
     assert loaded.ov_config["INFERENCE_PRECISION_HINT"] == "bf16"  # the option wins over our f32 default
     if not bf16_capable():

@@ -37,6 +37,10 @@ def test_minilm_dynamic_int8_agrees_with_fp32(minilm_dir, minilm_fp32, minilm_to
     assert agreement["cosine_mean"] > DYNAMIC_MIN_MEAN_COSINE, agreement
 
 
+# Static calibration of MiniLM takes 12-60 s a method on 2 cores: run under `make test-slow`. The fast suite keeps the
+# real-weights dynamic check above; every static method (and the histograms' attention-mask exclusion) is checked on
+# the tiny BERT in test_onnxruntime_backend.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_minilm_static_every_calibration_method(minilm_dir, minilm_fp32, minilm_tokenizer, method):
     sentences = demo_sentences()

@@ -177,13 +177,15 @@ def test_a_recipe_naming_a_search_config_is_refused(tmp_path):
         QuantizationRecipe.load(tmp_path)
 
 
+# A save through the same path as save_pretrained (quantized_folder), of small stand-in files so that the process
+# starts in a fraction of a second; it hangs right after placing its first file, and is killed there.
 KILLED_SAVE = """
 import sys, time
 from pathlib import Path
-from optimum.quantization import QuantModelForSequenceClassification, files
+from optimum.quantization import files
+from optimum.quantization.recipe import QuantizationRecipe, quantized_folder
 
-source, target, marker = map(Path, sys.argv[1:])
-model = QuantModelForSequenceClassification.from_pretrained(source)
+target, marker = map(Path, sys.argv[1:])
 place = files._place_file
 
 def place_then_hang(src, dst):
@@ -192,7 +194,10 @@ def place_then_hang(src, dst):
     time.sleep(120)
 
 files._place_file = place_then_hang
-model.save_pretrained(target)
+with quantized_folder(target) as staging:
+    for name in ("config.json", "model.onnx", "tokenizer.json"):
+        (staging / name).write_bytes(name.encode() * 1000)
+    QuantizationRecipe(backend="onnxruntime", task="text-classification", quantization=None).save(staging)
 """
 
 
@@ -202,14 +207,13 @@ def test_a_killed_save_leaves_no_staging_folder_behind(dynamic_model, tmp_path):
     import sys
     import time
 
-    source, parent, marker = tmp_path / "source", tmp_path / "parent", tmp_path / "marker"
-    dynamic_model.save_pretrained(source)
+    parent, marker = tmp_path / "parent", tmp_path / "marker"
     target = parent / "out"
     target.mkdir(parents=True)
     user = _user_files(target)
-    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(source), str(target), str(marker)])
+    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target), str(marker)])
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert marker.exists(), "the save never started placing files"
