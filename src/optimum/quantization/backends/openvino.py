@@ -244,7 +244,8 @@ class OpenVINOBackend(Backend):
         if stored is not None:
             load_kwargs["ov_config"] = openvino_precision.load_config(
                 stored, load_kwargs.get("ov_config"), load_kwargs.get("device"))
-        model = cls.from_pretrained(path, **load_kwargs)
+        # A str: optimum-intel's check for IR files calls str methods on the id and warns on a Path.
+        model = cls.from_pretrained(str(path), **load_kwargs)
         model.quantization_recipe = recipe
         return model
 
