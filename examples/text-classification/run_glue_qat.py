@@ -1,7 +1,7 @@
 """Fine-tune a sequence classifier, optionally with quantization-aware training, in the style of run_glue.py.
 
     python run_glue_qat.py --model_name_or_path ~/.cache/optimum-quantization/finetuned/minilm-sst2 \
-        --train_file ../../../shared/data/sst2/train.tsv --validation_file ../../../shared/data/sst2/dev.tsv \
+        --train_file sst2/train.tsv --validation_file sst2/dev.tsv \
         --max_train_samples 4000 --qat fake_quant --export_backend onnxruntime \
         --output_dir out/sst2-qat --learning_rate 1e-5 --num_train_epochs 1 --per_device_train_batch_size 32 \
         --eval_strategy epoch --use_cpu

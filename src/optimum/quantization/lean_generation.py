@@ -1,6 +1,6 @@
 """Text generation without PyTorch or transformers: ONNX Runtime, numpy and tokenizers only.
 
-For small serving containers (seed 003 moved its GPT-2 service from an 8 GB to a 2 GB machine). A process that
+For small serving containers, where memory decides the machine a service needs. A process that
 can call transformers' `generate()` holds ~476 MB of PyTorch and transformers before it reads a weight, 0.43x of
 PyTorch FP32's whole peak for GPT-2 small; this runner needs neither library installed and runs the ONNX causal
 LMs our ONNX Runtime backend saves (KV cache as `past_key_values.N.key/value` inputs, `present.N.*` outputs),
