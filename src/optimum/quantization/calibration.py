@@ -55,26 +55,16 @@ def _examples_from_dataset(dataset, text_column: str | None) -> list[Example]:
     )
 
 
-def check_utf8(path: Path) -> None:
-    """ConfigError naming `path` unless it is a readable UTF-8 text file, the encoding data files must have."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # bytes of the file before `block`
+def read_utf8(path: Path) -> str:
+    """The text of `path`; ConfigError naming the file, the byte and its offset unless it is readable UTF-8."""
     try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                try:
-                    decoder.decode(block)
-                except UnicodeDecodeError as err:  # err.start counts from the bytes held over from the last block
-                    held = len(err.object) - len(block)
-                    raise _not_utf8(path, err.object[err.start], offset - held + err.start) from None
-                offset += len(block)
-        decoder.decode(b"", final=True)
+        data = Path(path).read_bytes()
     except PermissionError:
         raise ConfigError(f"{path} is not readable (permission denied): check its permissions.") from None
-    except UnicodeDecodeError as err:  # the file ends inside a multi-byte character
-        raise _not_utf8(path, err.object[err.start], offset - len(err.object) + err.start) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, data[err.start], err.start) from None
 
 
 def _not_utf8(path: Path, byte: int, offset: int) -> ConfigError:
@@ -86,8 +76,7 @@ def _not_utf8(path: Path, byte: int, offset: int) -> ConfigError:
 
 def read_text_lines(path: Path) -> list[str]:
     """The non-blank lines of a UTF-8 text file, stripped: one example per line."""
-    check_utf8(path)
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def load_dataset_source(source: str, split: str | None = None, what: str = "calibration data"):
@@ -96,7 +85,7 @@ def load_dataset_source(source: str, split: str | None = None, what: str = "cali
 
     path = Path(source)
     if path.suffix.lower() in _FILE_LOADERS and path.is_file():
-        check_utf8(path)  # datasets would only report "An error occurred while generating the dataset"
+        read_utf8(path)  # datasets would only report "An error occurred while generating the dataset"
     try:
         if path.suffix.lower() in _FILE_LOADERS:
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
